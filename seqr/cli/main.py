@@ -1,0 +1,90 @@
+"""Entry point of the `seqr` command: builds the typer app and turns errors into exit codes.
+
+Exit status: 0 success, 1 an error (one line on stderr, a traceback only with ``--debug``),
+2 a usage error, 3 another job holds the registry lock (for cron).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from seqr.cli import bench_commands, registry_commands, training_commands
+from seqr.cli.state import CliState
+from seqr.errors import LockHeldError, SeqrError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+
+app = typer.Typer(
+    name="seqr",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help=(
+        "Access-controlled registry of LoRA adapters with SEQR routing.\n\n"
+        "Example: seqr init --dir ./registry && export SEQR_HOME=./registry"
+    ),
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    registry: Annotated[
+        Path | None,
+        typer.Option("--registry", envvar="SEQR_HOME", help="Registry directory (default: $SEQR_HOME)."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="SEQR_TOKEN", help="API token of the caller (default: $SEQR_TOKEN).", show_default=False),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or informational output.")] = False,
+) -> None:
+    ctx.obj = CliState(registry=registry, token=token, debug=debug, quiet=quiet)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+for module in (registry_commands, training_commands, bench_commands):
+    module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("SEQR_DEBUG") == "1"
+    try:
+        app(args=args, prog_name="seqr", standalone_mode=False)
+    except click.exceptions.Exit as exit_:
+        return exit_.exit_code
+    except click.exceptions.Abort:
+        print("Aborted.", file=sys.stderr)
+        return EXIT_ERROR
+    except click.ClickException as error:
+        error.show()
+        return EXIT_USAGE
+    except LockHeldError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_LOCKED
+    except SeqrError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

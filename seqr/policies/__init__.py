@@ -1,0 +1,1 @@
+"""Access resolution, retention policies and retrain-on-removal jobs."""

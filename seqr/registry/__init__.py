@@ -1,0 +1,1 @@
+"""The encrypted, access-controlled, multi-tenant registry of adapters."""

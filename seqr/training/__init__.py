@@ -1,0 +1,1 @@
+"""Shared-A LoRA training, calibration, PEFT exchange, data loading and evaluation."""
