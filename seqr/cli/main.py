@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from seqr.cli import bench_commands, registry_commands, training_commands
@@ -64,15 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("SEQR_DEBUG") == "1"
     try:
-        app(args=args, prog_name="seqr", standalone_mode=False)
-    except click.exceptions.Exit as exit_:
-        return exit_.exit_code
-    except click.exceptions.Abort:
-        print("Aborted.", file=sys.stderr)
-        return EXIT_ERROR
-    except click.ClickException as error:
-        error.show()
-        return EXIT_USAGE
+        # Standalone mode prints usage errors and returns 2 through SystemExit; our own errors
+        # propagate out of it and are turned into one line here.
+        app(args=args, prog_name="seqr", standalone_mode=True)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
     except LockHeldError as error:
         if debug:
             raise
