@@ -1,0 +1,1 @@
+"""`seqr demo`: the whole system on real text that ships with Python."""
