@@ -1,0 +1,383 @@
+"""Routers: score the candidate adapters for every token, select, and compute the routed update.
+
+Every router reads one :class:`StackedFactors` (the candidate set of one module) and exposes
+``scores(x)`` (..., N), ``select(x)`` (...,) and ``route(x)``. Scores are float32 whatever the
+input dtype. The top-k choice mixes k adapters with softmax weights over their scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from seqr.errors import InvalidInputError
+from seqr.routing.library import StackedFactors
+from seqr.routing.methods import DEFAULT_LAG_K, RoutingConfig, RoutingMethod
+from seqr.routing.spectral import arrow_prototypes, spectr_projections
+from seqr.routing.update import routed_update
+
+logger = logging.getLogger(__name__)
+
+# Upper bound on the elements of one intermediate block in chunked scoring: 4 Mi floats, 16 MiB.
+SCORE_BUDGET_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """The routing of T tokens among N candidates.
+
+    ``indices`` (T, k) are candidate positions, ``weights`` (T, k) their mixing weights (1.0 for
+    top-1), ``scores`` (T, N) float32 the scores they were chosen from. MU, which mixes every
+    candidate, reports index -1 with weight 1.
+    """
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+    scores: torch.Tensor
+
+
+class Router(ABC):
+    """Routing among the candidates of one module; see :func:`make_router`."""
+
+    method: RoutingMethod
+    needs_z: bool = True
+
+    def __init__(self, factors: StackedFactors, config: RoutingConfig) -> None:
+        if config.top_k > factors.num_adapters:
+            raise InvalidInputError(
+                f"top_k={config.top_k} exceeds the {factors.num_adapters} adapters in the candidate set; "
+                f"use top_k <= {factors.num_adapters}"
+            )
+        self.factors = factors if config.use_calibration else factors.without_calibration()
+        self.config = config
+
+    @property
+    def num_adapters(self) -> int:
+        return self.factors.num_adapters
+
+    # Public interface on (..., n) inputs.
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the float32 score of every candidate for every token: (..., n) -> (..., N)."""
+        rows = self._rows(x)
+        return self.token_scores(rows, self.project(rows)).reshape(*x.shape[:-1], self.num_adapters)
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the arg max candidate position of every token: (..., n) -> (...,) long."""
+        scores = self.scores(x)
+        return scores.argmax(dim=-1)
+
+    def route(self, x: torch.Tensor) -> RouteDecision:
+        """Score and choose for every token of ``x`` (..., n), flattened to T = prod(...) tokens."""
+        rows = self._rows(x)
+        return self.decide(self.token_scores(rows, self.project(rows)))
+
+    def update(self, x: torch.Tensor, decision: RouteDecision) -> torch.Tensor:
+        """Return the LoRA update B A x of each token's chosen adapters (unscaled): (T, n) -> (T, m)."""
+        return self.update_from_z(self.project(self._rows(x)), decision)
+
+    # Steps used by the routed layer, on flattened (T, n) float32 rows.
+
+    def project(self, rows: torch.Tensor) -> torch.Tensor:
+        """Return z = A x for float32 rows (T, n) as (T, r)."""
+        return rows @ self.factors.a.T
+
+    def decide(self, scores: torch.Tensor) -> RouteDecision:
+        """Pick the top-k of (T, N) scores, with softmax weights over the k picked scores."""
+        k = self.config.top_k
+        if k == 1:
+            indices = scores.argmax(dim=-1, keepdim=True)  # (T, 1)
+            weights = torch.ones(indices.shape, dtype=torch.float32, device=scores.device)
+        else:
+            values, indices = scores.topk(k, dim=-1)  # (T, k)
+            weights = torch.softmax(values, dim=-1)
+        return RouteDecision(indices=indices, weights=weights, scores=scores)
+
+    def update_from_z(self, z: torch.Tensor, decision: RouteDecision) -> torch.Tensor:
+        """Return the unscaled update (T, m) float32 for z (T, r) and a decision over the same tokens."""
+        return routed_update(self.factors.q, self.factors.r, z, decision.indices, decision.weights)
+
+    def sequence_scores(
+        self, rows: torch.Tensor, z: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Score every candidate once per sequence from the tokens that ``mask`` marks.
+
+        ``rows`` (b, s, n) float32, ``z`` (b, s, r), ``mask`` (b, s) float with 1 for tokens to
+        use. Returns the (b, N) sequence scores, the mean token score over the marked tokens, and
+        the (b, s, N) token scores they came from (None when the method does not form them).
+        """
+        batch, seq, n = rows.shape
+        tokens = self.token_scores(rows.reshape(-1, n), z.reshape(batch * seq, -1)).view(batch, seq, -1)
+        return masked_mean(tokens, mask), tokens
+
+    @abstractmethod
+    def token_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """Return (T, N) float32 scores for float32 rows (T, n) and, when ``needs_z``, z (T, r)."""
+
+    def flops_per_token(self) -> int:
+        """Return the floating-point operations ``select`` spends per token (multiply-add = 2)."""
+        return self._flops(self.factors.num_adapters, self.factors.in_features, self.factors.out_features, self.factors.rank)
+
+    @abstractmethod
+    def _flops(self, n_adapters: int, n: int, m: int, r: int) -> int: ...
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.factors.in_features:
+            raise InvalidInputError(
+                f"x has {x.shape[-1]} features in its last dimension but the shared A expects "
+                f"n={self.factors.in_features}; pass x as (tokens, {self.factors.in_features})"
+            )
+        return x.reshape(-1, x.shape[-1]).to(device=self.factors.device, dtype=torch.float32)
+
+    def _calibrate(self, norms: torch.Tensor) -> torch.Tensor:
+        if self.factors.mu is None or self.factors.sigma is None:
+            return norms
+        return (norms - self.factors.mu) / self.factors.sigma
+
+
+def _chunk_rows(per_row: int) -> int:
+    """Return how many rows fit in one block of SCORE_BUDGET_ELEMENTS when each row needs ``per_row``."""
+    return max(1, SCORE_BUDGET_ELEMENTS // max(1, per_row))
+
+
+def _grouped_norms(projected_rows: torch.Tensor, n_adapters: int, rank: int) -> torch.Tensor:
+    """Return the norm of each adapter's r-block: (t, N r) -> (t, N)."""
+    return torch.linalg.vector_norm(projected_rows.view(-1, n_adapters, rank), dim=-1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Return the mean over dim 1 of ``values`` (b, s, N) at the tokens where ``mask`` (b, s) is 1: (b, N)."""
+    weights = mask.to(values.dtype).unsqueeze(-1)  # (b, s, 1)
+    # torch.where keeps -inf scores of masked-out tokens (LAG) from turning the sum into NaN.
+    total = torch.where(weights > 0, values * weights, values.new_zeros(())).sum(dim=1)
+    return total / weights.sum(dim=1).clamp_min(1.0)
+
+
+class SeqrRouter(Router):
+    """(||R_i z|| - mu_i) / sigma_i with z = A x; ||R_i z|| = ||B_i A x|| because Q_i has orthonormal columns."""
+
+    method = RoutingMethod.SEQR
+
+    def __init__(self, factors: StackedFactors, config: RoutingConfig) -> None:
+        super().__init__(factors, config)
+        n_adapters, rank = factors.num_adapters, factors.rank
+        self._r_rows = self.factors.r.reshape(n_adapters * rank, rank).T.contiguous()  # (r, N r)
+
+    def token_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        if z is None:
+            raise InvalidInputError("SEQR scores need z = A x; call project(rows) first")
+        n_adapters, rank = self.num_adapters, self.factors.rank
+        step = _chunk_rows(n_adapters * rank)
+        if z.shape[0] <= step:
+            return self._calibrate(_grouped_norms(z @ self._r_rows, n_adapters, rank))
+        norms = z.new_empty(z.shape[0], n_adapters)  # (T, N)
+        for start in range(0, z.shape[0], step):
+            norms[start : start + step] = _grouped_norms(z[start : start + step] @ self._r_rows, n_adapters, rank)
+        return self._calibrate(norms)
+
+    def _flops(self, n_adapters: int, n: int, m: int, r: int) -> int:
+        # z = A x, then R_i z for every i, then squared sums, square roots and calibration.
+        return 2 * r * n + 2 * n_adapters * r * r + 2 * n_adapters * r + 3 * n_adapters
+
+
+class NaiveRouter(Router):
+    """||B_i (A x)|| with B_i = Q_i R_i rebuilt in full: the reference the other routers are tested against."""
+
+    method = RoutingMethod.NAIVE
+
+    def __init__(self, factors: StackedFactors, config: RoutingConfig) -> None:
+        super().__init__(factors, config)
+        self._b = self.factors.b()  # (N, m, r)
+
+    def token_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        if z is None:
+            raise InvalidInputError("NAIVE scores need z = A x; call project(rows) first")
+        n_adapters, m, rank = self._b.shape
+        norms = z.new_empty(n_adapters, z.shape[0])  # (N, T)
+        # Blocks of whole adapters keep the (adapters, m, T) intermediate within the budget.
+        step = _chunk_rows(m * z.shape[0])
+        for start in range(0, n_adapters, step):
+            block = self._b[start : start + step]  # (c, m, r)
+            outputs = (block.reshape(-1, rank) @ z.T).view(block.shape[0], m, -1)  # (c, m, T)
+            norms[start : start + step] = torch.linalg.vector_norm(outputs, dim=1)
+        return self._calibrate(norms.T)
+
+    def _flops(self, n_adapters: int, n: int, m: int, r: int) -> int:
+        return 2 * r * n + 2 * n_adapters * m * r + 2 * n_adapters * m + 3 * n_adapters
+
+
+class ArrowRouter(Router):
+    """|v_i . x| with v_i the top right singular vector of B_i A (no calibration: ARROW has none)."""
+
+    method = RoutingMethod.ARROW
+    needs_z = False
+
+    def __init__(self, factors: StackedFactors, config: RoutingConfig) -> None:
+        super().__init__(factors, config)
+        self._prototypes_t = arrow_prototypes(self.factors).T.contiguous()  # (n, N)
+
+    def token_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        return (rows @ self._prototypes_t).abs()  # (T, N)
+
+    def _flops(self, n_adapters: int, n: int, m: int, r: int) -> int:
+        return 2 * n_adapters * n + n_adapters
+
+
+class SpectrRouter(Router):
+    """||Â_i x|| with Â_i = S_i V_i^T from the SVD of B_i A, z-scored with mu and sigma when given."""
+
+    method = RoutingMethod.SPECTR
+    needs_z = False
+
+    def __init__(self, factors: StackedFactors, config: RoutingConfig) -> None:
+        super().__init__(factors, config)
+        projections = spectr_projections(self.factors)  # (N, r, n)
+        self._rows_t = projections.reshape(-1, factors.in_features).T.contiguous()  # (n, N r)
+
+    def token_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        n_adapters, rank = self.num_adapters, self.factors.rank
+        step = _chunk_rows(n_adapters * rank)
+        norms = rows.new_empty(rows.shape[0], n_adapters)  # (T, N)
+        for start in range(0, rows.shape[0], step):
+            norms[start : start + step] = _grouped_norms(rows[start : start + step] @ self._rows_t, n_adapters, rank)
+        return self._calibrate(norms)
+
+    def _flops(self, n_adapters: int, n: int, m: int, r: int) -> int:
+        return 2 * n_adapters * r * n + 2 * n_adapters * r + 3 * n_adapters
+
+
+class LagRouter(Router):
+    """ARROW keeps each token's lag_k best adapters; SPECTR scores those, the others score -inf."""
+
+    method = RoutingMethod.LAG
+    needs_z = False
+
+    def __init__(self, factors: StackedFactors, config: RoutingConfig) -> None:
+        super().__init__(factors, config)
+        if config.lag_k > factors.num_adapters:
+            raise InvalidInputError(
+                f"LAG's k={config.lag_k} exceeds the {factors.num_adapters} adapters in the candidate set; "
+                f"use k <= {factors.num_adapters}"
+            )
+        if config.top_k > config.lag_k:
+            raise InvalidInputError(f"top_k={config.top_k} exceeds LAG's k={config.lag_k}; the filter keeps only k")
+        self._prototypes_t = arrow_prototypes(self.factors).T.contiguous()  # (n, N)
+        self._projections = spectr_projections(self.factors)  # (N, r, n)
+
+    def token_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        k = self.config.lag_k
+        _, rank, n = self._projections.shape
+        kept = (rows @ self._prototypes_t).abs().topk(k, dim=-1).indices  # (T, k)
+        spectr = rows.new_empty(kept.shape)  # (T, k)
+        step = _chunk_rows(k * rank * n)
+        for start in range(0, rows.shape[0], step):
+            block = self._projections[kept[start : start + step]]  # (t, k, r, n)
+            projected = torch.einsum("tkrn,tn->tkr", block, rows[start : start + step])
+            spectr[start : start + step] = torch.linalg.vector_norm(projected, dim=-1)
+        if self.factors.mu is not None and self.factors.sigma is not None:
+            spectr = (spectr - self.factors.mu[kept]) / self.factors.sigma[kept]
+        scores = rows.new_full((rows.shape[0], self.num_adapters), float("-inf"))  # (T, N)
+        return scores.scatter_(1, kept, spectr)
+
+    def sequence_scores(
+        self, rows: torch.Tensor, z: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # Per sequence: the ARROW filter on the mean ARROW score, then the mean SPECTR score of
+        # the k kept adapters. Averaging per-token LAG scores instead would mix -inf entries.
+        k = self.config.lag_k
+        arrow = masked_mean((rows @ self._prototypes_t).abs(), mask)  # (b, N)
+        kept = arrow.topk(k, dim=-1).indices  # (b, k)
+        projected = torch.einsum("bkrn,bsn->bskr", self._projections[kept], rows)  # (b, s, k, r)
+        spectr = masked_mean(torch.linalg.vector_norm(projected, dim=-1), mask)  # (b, k)
+        if self.factors.mu is not None and self.factors.sigma is not None:
+            spectr = (spectr - self.factors.mu[kept]) / self.factors.sigma[kept]
+        scores = rows.new_full((rows.shape[0], self.num_adapters), float("-inf"))  # (b, N)
+        return scores.scatter_(1, kept, spectr), None
+
+    def _flops(self, n_adapters: int, n: int, m: int, r: int) -> int:
+        k = self.config.lag_k
+        return 2 * n_adapters * n + n_adapters + 2 * k * r * n + 2 * k * r + 3 * k
+
+
+class MeanRouter(Router):
+    """MU: no selection; every token gets the mean update (1/N) sum_i B_i A x of all candidates."""
+
+    method = RoutingMethod.MU
+    needs_z = True
+
+    def __init__(self, factors: StackedFactors, config: RoutingConfig) -> None:
+        super().__init__(factors, config)
+        self._mean_b = self.factors.b().mean(dim=0)  # (m, r)
+
+    def token_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        return rows.new_zeros(rows.shape[0], self.num_adapters)  # every candidate weighs the same
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        raise InvalidInputError("method 'mu' mixes all adapters and selects none; use route() and update()")
+
+    def decide(self, scores: torch.Tensor) -> RouteDecision:
+        tokens = scores.shape[0]
+        indices = torch.full((tokens, 1), -1, dtype=torch.long, device=scores.device)
+        weights = torch.ones((tokens, 1), dtype=torch.float32, device=scores.device)
+        return RouteDecision(indices=indices, weights=weights, scores=scores)
+
+    def update_from_z(self, z: torch.Tensor, decision: RouteDecision) -> torch.Tensor:
+        return z @ self._mean_b.T  # (T, m)
+
+    def _flops(self, n_adapters: int, n: int, m: int, r: int) -> int:
+        return 0
+
+
+ROUTER_CLASSES: dict[RoutingMethod, type[Router]] = {
+    RoutingMethod.SEQR: SeqrRouter,
+    RoutingMethod.NAIVE: NaiveRouter,
+    RoutingMethod.ARROW: ArrowRouter,
+    RoutingMethod.SPECTR: SpectrRouter,
+    RoutingMethod.LAG: LagRouter,
+    RoutingMethod.MU: MeanRouter,
+}
+
+
+def build_router(factors: StackedFactors, config: RoutingConfig) -> Router:
+    """Return the router of ``config.method`` over already stacked factors."""
+    return ROUTER_CLASSES[config.method](factors, config)
+
+
+def make_router(
+    method: RoutingMethod | str,
+    A: torch.Tensor,  # noqa: N803 - the shared A of the LoRA notation
+    B: torch.Tensor | Sequence[torch.Tensor],  # noqa: N803
+    *,
+    mu: torch.Tensor | Sequence[float] | None = None,
+    sigma: torch.Tensor | Sequence[float] | None = None,
+    k: int | None = None,
+    candidates: Sequence[int] | None = None,
+    use_calibration: bool = True,
+) -> Router:
+    """Build a router over a library given as plain tensors.
+
+    ``A`` is the shared (r, n) matrix, ``B`` a sequence of (m, r) tensors or an (N, m, r) tensor,
+    ``mu`` and ``sigma`` (N,) calibration statistics (both or neither). ``k`` is LAG's filter size
+    for method "lag" (default min(20, N)) and the top-k mixing size for the other methods (default
+    1). ``candidates`` restricts routing to those indices of ``B``, in that order; the other B are
+    never read. Raises :class:`InvalidInputError` for shapes, NaN or Inf, sigma <= 0, an empty
+    candidate set or a k larger than it.
+    """
+    parsed = RoutingMethod.parse(method)
+    factors = StackedFactors.from_b(A, B, mu=mu, sigma=sigma, candidates=candidates)
+    if k is not None and k < 1:
+        raise InvalidInputError(f"k must be at least 1, got {k}")
+    if parsed is RoutingMethod.LAG:
+        lag_k = k if k is not None else min(DEFAULT_LAG_K, factors.num_adapters)
+        config = RoutingConfig(method=parsed, lag_k=lag_k, use_calibration=use_calibration)
+    elif parsed is RoutingMethod.MU:
+        if k is not None:
+            raise InvalidInputError(f"method 'mu' mixes all adapters; k={k} does not apply, leave it unset")
+        config = RoutingConfig(method=parsed, use_calibration=use_calibration)
+    else:
+        config = RoutingConfig(method=parsed, top_k=k or 1, use_calibration=use_calibration)
+    return build_router(factors, config)
