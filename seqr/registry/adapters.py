@@ -1,0 +1,310 @@
+"""Libraries and adapter versions: add, activate, retire, destroy, list, resolve and load."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from seqr.errors import AdapterFormatError, ConflictError, IntegrityError, NotFoundError
+from seqr.policies import access
+from seqr.registry import codec
+from seqr.registry.crypto import KeyContext, OwnerKind
+from seqr.registry.enums import AdapterStatus, AuditAction, BlobField, Permission, Role
+from seqr.registry.models import AdapterVersion, Library as LibraryRow, Silo, Tenant
+from seqr.registry.silos import SiloMixin
+from seqr.registry.identity import check_name
+from seqr.registry.views import AdapterVersionInfo, Library, LibraryInfo, LoadedAdapter, Principal
+from seqr.routing.factors import AdapterFactors
+
+logger = logging.getLogger(__name__)
+
+
+def _library_info(row: LibraryRow, tenant: str) -> LibraryInfo:
+    return LibraryInfo(
+        row.id, tenant, row.name, row.base_model_fingerprint, list(row.target_modules),
+        row.rank, row.alpha, row.seed, row.a_fingerprint,
+    )
+
+
+class AdapterMixin(SiloMixin):
+    # Libraries ---------------------------------------------------------------------------
+
+    def add_library(
+        self,
+        actor: Principal,
+        name: str,
+        *,
+        base_model_fingerprint: str,
+        target_modules: list[str],
+        rank: int,
+        alpha: float,
+        seed: int,
+        shared_a: Mapping[str, torch.Tensor],
+        tenant: str | None = None,
+    ) -> LibraryInfo:
+        """Store a library; ``shared_a`` maps each full module name to its frozen A (rank, in_features)."""
+        check_name("library", name)
+        if rank < 1:
+            raise AdapterFormatError(f"library rank {rank} must be at least 1")
+        payload, fingerprint = codec.encode_shared_a(shared_a, rank)
+        with self._write() as (session, state):
+            self._check_actor(session, actor)
+            tenant_row = self._tenant(session, actor, tenant)
+            self._require_admin(actor, tenant_row, "add libraries")
+            if session.scalars(select(LibraryRow.id).where(LibraryRow.tenant_id == tenant_row.id, LibraryRow.name == name)).first():
+                raise ConflictError(f"library {name!r} already exists in tenant {tenant_row.name!r}")
+            row = LibraryRow(
+                tenant_id=tenant_row.id, name=name, base_model_fingerprint=base_model_fingerprint,
+                target_modules=list(target_modules), rank=rank, alpha=float(alpha), seed=int(seed),
+                shared_a=payload, a_fingerprint=fingerprint, created_at=self.clock(),
+            )
+            session.add(row)
+            session.flush()
+            state.generation += 1
+            self._audit(
+                session, state, actor, AuditAction.LIBRARY_ADD, f"library {tenant_row.name}/{name}",
+                tenant_id=tenant_row.id, detail={"a_fingerprint": fingerprint},
+            )
+            return _library_info(row, tenant_row.name)
+
+    def _library(self, session: Session, tenant: Tenant, name: str) -> LibraryRow:
+        row = session.scalars(select(LibraryRow).where(LibraryRow.tenant_id == tenant.id, LibraryRow.name == name)).one_or_none()
+        if row is None:
+            raise NotFoundError(f"library {name!r} not found in tenant {tenant.name!r}")
+        return row
+
+    @staticmethod
+    def _library_modules(row: LibraryRow) -> set[str]:
+        """The full module names the library's shared A covers (verified against its fingerprint)."""
+        return set(codec.decode_shared_a(row.shared_a, row.rank, row.a_fingerprint, library=row.name))
+
+    def library(self, actor: Principal, name: str, *, tenant: str | None = None) -> Library:
+        """Load a library of the caller's tenant with its shared A, checked against its fingerprint."""
+        with self._read() as session:
+            self._check_actor(session, actor)
+            tenant_row = self._tenant(session, actor, tenant)
+            row = self._library(session, tenant_row, name)
+            shared_a = codec.decode_shared_a(row.shared_a, row.rank, row.a_fingerprint, library=name)
+            return Library(_library_info(row, tenant_row.name), shared_a)
+
+    def list_libraries(self, actor: Principal, *, tenant: str | None = None) -> list[LibraryInfo]:
+        with self._read() as session:
+            self._check_actor(session, actor)
+            tenant_row = self._tenant(session, actor, tenant)
+            rows = session.scalars(select(LibraryRow).where(LibraryRow.tenant_id == tenant_row.id).order_by(LibraryRow.name))
+            return [_library_info(row, tenant_row.name) for row in rows]
+
+    # Adapter versions --------------------------------------------------------------------
+
+    def add_adapter_version(
+        self,
+        actor: Principal,
+        silo: str,
+        library: str,
+        factors: AdapterFactors,
+        *,
+        manifest: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
+    ) -> AdapterVersionInfo:
+        """Encrypt and store a new version in status ``training``; needs the train permission.
+
+        ``manifest`` records the training documents, ``config`` the training settings and
+        ``metrics`` the evaluation results. They are stored as plaintext JSON: keep secrets and
+        document text out of them.
+        """
+        payload = codec.encode_factors(factors)
+        with self._write() as (session, state):
+            self._check_actor(session, actor)
+            tenant_row = self._tenant(session, actor, tenant)
+            silo_row = self._silo(session, tenant_row, silo)
+            self._require_silo_permission(session, actor, silo_row, tenant_row, Permission.TRAIN)
+            library_row = self._library(session, tenant_row, library)
+            # Reject factors that do not fit the library before anything is written.
+            codec.decode_factors(payload, rank=library_row.rank, modules=self._library_modules(library_row))
+            number = 1 + (session.scalar(
+                select(func.max(AdapterVersion.number)).where(
+                    AdapterVersion.silo_id == silo_row.id, AdapterVersion.library_id == library_row.id)
+            ) or 0)
+            version = AdapterVersion(
+                tenant_id=tenant_row.id, silo_id=silo_row.id, library_id=library_row.id, number=number,
+                status=AdapterStatus.TRAINING, manifest=dict(manifest or {}), config=dict(config or {}),
+                metrics=dict(metrics or {}), created_by=actor.id, created_at=self.clock(),
+            )
+            session.add(version)
+            session.flush()
+            key_row, data_key, context = self._create_data_key(
+                session, tenant_row.id, silo_row.id, OwnerKind.ADAPTER_VERSION, version.id
+            )
+            try:
+                session.flush()
+                self._seal_blob(session, key_row, data_key, context, BlobField.FACTORS, payload)
+                state.generation += 1
+                self._audit(
+                    session, state, actor, AuditAction.ADAPTER_ADD, self._version_target(tenant_row, silo_row, library, number),
+                    tenant_id=tenant_row.id, detail={"version_id": version.id},
+                )
+                session.flush()
+            except BaseException:
+                self.keys.destroy_shred_key(context.key_ref)
+                raise
+            return self._version_info(version, tenant_row.name, silo_row.name, library)
+
+    @staticmethod
+    def _version_target(tenant: Tenant, silo: Silo, library: str, number: int) -> str:
+        return f"adapter {tenant.name}/{silo.name}/{library}@{number}"
+
+    @staticmethod
+    def _version_info(row: AdapterVersion, tenant: str, silo: str, library: str) -> AdapterVersionInfo:
+        return AdapterVersionInfo(
+            row.id, tenant, silo, library, row.number, row.status, dict(row.manifest), dict(row.config),
+            dict(row.metrics), row.created_at, row.activated_at, row.retired_at, row.destroyed_at,
+        )
+
+    def _visible_version(
+        self, session: Session, actor: Principal, version_id: int, permission: Permission
+    ) -> tuple[AdapterVersion, Tenant, Silo, LibraryRow]:
+        """Load a version the caller holds ``permission`` on; a version of another tenant is 'not found'."""
+        version = session.get(AdapterVersion, version_id)
+        if version is None or not (actor.role is Role.REGISTRY_ADMIN or version.tenant_id == actor.tenant_id):
+            raise NotFoundError(f"adapter version {version_id} not found; list versions with `seqr adapter list`")
+        tenant = session.get(Tenant, version.tenant_id)
+        silo = session.get(Silo, version.silo_id)
+        library = session.get(LibraryRow, version.library_id)
+        assert tenant is not None and silo is not None and library is not None  # foreign keys
+        try:
+            self._require_silo_permission(session, actor, silo, tenant, permission)
+        except NotFoundError as error:
+            raise NotFoundError(f"adapter version {version_id} not found; list versions with `seqr adapter list`") from error
+        return version, tenant, silo, library
+
+    def activate_adapter_version(self, actor: Principal, version_id: int) -> AdapterVersionInfo:
+        """Make a version active; the silo's previously active version of that library becomes retired,
+        in the same transaction, so a reader sees exactly one active version at any time."""
+        with self._write() as (session, state):
+            self._check_actor(session, actor)
+            version, tenant, silo, library = self._visible_version(session, actor, version_id, Permission.ADMIN)
+            if version.status not in (AdapterStatus.TRAINING, AdapterStatus.RETIRED):
+                raise ConflictError(f"adapter version {version_id} is {version.status.value}; only training or retired versions can be activated")
+            now = self.clock()
+            for previous in session.scalars(select(AdapterVersion).where(
+                AdapterVersion.silo_id == silo.id, AdapterVersion.library_id == library.id,
+                AdapterVersion.status == AdapterStatus.ACTIVE,
+            )):
+                previous.status, previous.retired_at = AdapterStatus.RETIRED, now
+                self._audit(session, state, actor, AuditAction.ADAPTER_RETIRE,
+                            self._version_target(tenant, silo, library.name, previous.number), tenant_id=tenant.id)
+            version.status, version.activated_at, version.retired_at = AdapterStatus.ACTIVE, now, None
+            state.generation += 1
+            self._audit(session, state, actor, AuditAction.ADAPTER_ACTIVATE,
+                        self._version_target(tenant, silo, library.name, version.number), tenant_id=tenant.id)
+            return self._version_info(version, tenant.name, silo.name, library.name)
+
+    def retire_adapter_version(self, actor: Principal, version_id: int) -> AdapterVersionInfo:
+        with self._write() as (session, state):
+            self._check_actor(session, actor)
+            version, tenant, silo, library = self._visible_version(session, actor, version_id, Permission.ADMIN)
+            if version.status not in (AdapterStatus.TRAINING, AdapterStatus.ACTIVE):
+                raise ConflictError(f"adapter version {version_id} is already {version.status.value}")
+            version.status, version.retired_at = AdapterStatus.RETIRED, self.clock()
+            state.generation += 1
+            self._audit(session, state, actor, AuditAction.ADAPTER_RETIRE,
+                        self._version_target(tenant, silo, library.name, version.number), tenant_id=tenant.id)
+            return self._version_info(version, tenant.name, silo.name, library.name)
+
+    def destroy_adapter_version(self, actor: Principal, version_id: int) -> AdapterVersionInfo:
+        """Crypto-shred a version that is not active: mark it destroyed, delete its shred key from the
+        key store, then delete its blobs and wrapped data key. Rerunning finishes an interrupted destroy."""
+        with self._write() as (session, state):
+            self._check_actor(session, actor)
+            version, tenant, silo, library = self._visible_version(session, actor, version_id, Permission.ADMIN)
+            if version.status is AdapterStatus.ACTIVE:
+                raise ConflictError(
+                    f"adapter version {version_id} is active; activate another version or retire it before destroying it"
+                )
+            if version.status is not AdapterStatus.DESTROYED:
+                version.status, version.destroyed_at = AdapterStatus.DESTROYED, self.clock()
+                state.generation += 1
+                self._audit(session, state, actor, AuditAction.ADAPTER_DESTROY,
+                            self._version_target(tenant, silo, library.name, version.number), tenant_id=tenant.id)
+            info = self._version_info(version, tenant.name, silo.name, library.name)
+        self.finish_destruction()
+        return info
+
+    def list_adapter_versions(
+        self,
+        actor: Principal,
+        *,
+        tenant: str | None = None,
+        silo: str | None = None,
+        status: AdapterStatus | None = None,
+    ) -> list[AdapterVersionInfo]:
+        """Versions of the tenant's silos: all of them for tenant admins, else those of silos the caller holds a grant on."""
+        with self._read() as session:
+            self._check_actor(session, actor)
+            tenant_row = self._tenant(session, actor, tenant)
+            query = (
+                select(AdapterVersion, Silo.name, LibraryRow.name)
+                .join(Silo, Silo.id == AdapterVersion.silo_id)
+                .join(LibraryRow, LibraryRow.id == AdapterVersion.library_id)
+                .where(AdapterVersion.tenant_id == tenant_row.id)
+                .order_by(AdapterVersion.id)
+            )
+            if silo is not None:
+                query = query.where(Silo.name == silo)
+            if status is not None:
+                query = query.where(AdapterVersion.status == status)
+            if not self._is_admin_of(actor, tenant_row.id):
+                query = query.where(AdapterVersion.silo_id.in_(access.silo_permissions(session, actor.id, actor.tenant_id)))
+            return [self._version_info(row, tenant_row.name, silo_name, library_name)
+                    for row, silo_name, library_name in session.execute(query)]
+
+    # Resolution and loading --------------------------------------------------------------
+
+    def authorized_adapters(self, actor: Principal) -> list[AdapterVersionInfo]:
+        """The active versions the caller may route among (see :mod:`seqr.policies.access`)."""
+        with self._read() as session:
+            self._check_actor(session, actor)
+            rows = access.authorized_adapter_versions(session, actor.id, actor.tenant_id)
+            return [self._version_info(row, actor.tenant, *self._names(session, row)) for row in rows]
+
+    @staticmethod
+    def _names(session: Session, row: AdapterVersion) -> tuple[str, str]:
+        silo = session.get(Silo, row.silo_id)
+        library = session.get(LibraryRow, row.library_id)
+        assert silo is not None and library is not None
+        return silo.name, library.name
+
+    def load_adapter(self, actor: Principal, version_id: int) -> LoadedAdapter:
+        """Decrypt one version's factors.
+
+        An active version needs the use permission; a training or retired one needs train. Only
+        this version's data key is unwrapped. Raises :class:`IntegrityError` (and records it in
+        the audit log) when any stored byte fails verification; nothing is returned then.
+        """
+        with self._read() as session:
+            self._check_actor(session, actor)
+            version = session.get(AdapterVersion, version_id)
+            needed = Permission.USE if version is not None and version.status is AdapterStatus.ACTIVE else Permission.TRAIN
+            version, tenant, silo, library = self._visible_version(session, actor, version_id, needed)
+            if version.status is AdapterStatus.DESTROYED:
+                raise NotFoundError(f"adapter version {version_id} was destroyed; load the silo's active version instead")
+            context = KeyContext(tenant.id, silo.id, OwnerKind.ADAPTER_VERSION, version.id, key_ref="")
+            target = self._version_target(tenant, silo, library.name, version.number)
+            try:
+                payload = self._open_blobs(session, context, (BlobField.FACTORS,))[BlobField.FACTORS]
+                factors = codec.decode_factors(payload, rank=library.rank, modules=self._library_modules(library))
+            except (IntegrityError, AdapterFormatError) as error:
+                failure = error
+            else:
+                return LoadedAdapter(self._version_info(version, tenant.name, silo.name, library.name), factors)
+        self._record_integrity_failure(actor, target, failure)
+        if isinstance(failure, AdapterFormatError):
+            raise IntegrityError(f"{target} decrypted but its factors are invalid: {failure}") from failure
+        raise failure
