@@ -206,14 +206,14 @@ def attach_routing(
         raise InvalidInputError("the candidate set is empty; pass at least one adapter to route among")
     if not shared_a:
         raise InvalidInputError("shared_a names no module; pass the library's A for each target module")
+    originals = {name: _linear(model, name) for name in shared_a}
     _check_adapter_modules(shared_a, adapters)
 
     adapter_ids = tuple(adapters)
     state = RoutingState()
     layers: dict[str, RoutedLinear] = {}
-    originals: dict[str, nn.Linear] = {}
     for name, a in shared_a.items():
-        original = _linear(model, name)
+        original = originals[name]
         check_shared_a(a)
         if a.shape[1] != original.in_features:
             raise InvalidInputError(
@@ -229,7 +229,6 @@ def attach_routing(
             out_features=original.out_features,
         )
         layers[name] = RoutedLinear(original, name, factors, config, scaling, parsed_granularity, state)
-        originals[name] = original
 
     for name, layer in layers.items():
         _set_submodule(model, name, layer)

@@ -106,9 +106,9 @@ class Router(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Score every candidate once per sequence from the tokens that ``mask`` marks.
 
-        ``rows`` (b, s, n) float32, ``z`` (b, s, r), ``mask`` (b, s) float with 1 for tokens to
-        use. Returns the (b, N) sequence scores, the mean token score over the marked tokens, and
-        the (b, s, N) token scores they came from (None when the method does not form them).
+        ``rows`` (b, s, n) float32, ``z`` (b, s, r), ``mask`` (b, s) with 1 for the tokens to use.
+        Returns the (b, N) sequence scores (by default the mean token score over the marked
+        tokens) and the (b, s, N) token scores, or None when the method does not form them.
         """
         batch, seq, n = rows.shape
         tokens = self.token_scores(rows.reshape(-1, n), z.reshape(batch * seq, -1)).view(batch, seq, -1)
