@@ -238,16 +238,16 @@ class RegistryCore:
         """Shred the keys and delete the rows of every destroyed version or removed document whose
         data key still exists; return how many were finished. Safe to run at any time."""
         with self._read() as session:
-            pending = list(session.execute(
+            pending: list[tuple[int, str]] = [(key_id, key_ref) for key_id, key_ref in session.execute(
                 select(DataKey.id, DataKey.key_ref)
                 .join(AdapterVersion, AdapterVersion.id == DataKey.adapter_version_id)
                 .where(AdapterVersion.status == AdapterStatus.DESTROYED)
-            ).tuples())
-            pending += session.execute(
+            )]
+            pending += [(key_id, key_ref) for key_id, key_ref in session.execute(
                 select(DataKey.id, DataKey.key_ref)
                 .join(Document, Document.id == DataKey.document_id)
                 .where(Document.removed_at.is_not(None))
-            ).tuples()
+            )]
         # The shred key goes first: once it is deleted no copy of the database can unwrap the data
         # key, whatever happens to the rows afterwards. A crash in between leaves rows that the
         # next call deletes.

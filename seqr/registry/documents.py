@@ -104,7 +104,7 @@ class DocumentMixin(AdapterMixin):
                     Document.tenant_id == tenant_row.id, Document.removed_at.is_(None),
                     Document.expires_at.is_not(None), Document.expires_at <= now,
                 ).order_by(Document.id)
-            ).tuples()
+            ).all()
             return [self._document_info(row, tenant_row.name, silo_name) for row, silo_name in rows]
 
     def read_document(self, actor: Principal, document_id: int) -> DocumentContent:
