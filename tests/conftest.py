@@ -82,6 +82,52 @@ def tiny_llama():
     return make_tiny_llama()
 
 
+def make_byte_tokenizer():
+    """Build a real fast tokenizer with one token per byte (ids 0-255) and pad/bos/eos at 256-258."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {symbol: index for index, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for special in ("<|pad|>", "<|bos|>", "<|eos|>"):
+        vocab[special] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|eos|>"
+    )
+
+
+def make_tiny_model_dir(path: Path, seed: int = 0) -> Path:
+    """Save a tiny random Llama with a byte tokenizer as a Hugging Face model directory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=259,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=256,
+        bos_token_id=257,
+        eos_token_id=258,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(path, safe_serialization=True)
+    make_byte_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama saved as a local Hugging Face model directory, shared by the session."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
     if not DATASETS_DIR.is_dir():
