@@ -131,6 +131,23 @@ def _load_pretrained(source: str | Path, *, gguf_file: str | None = None) -> tup
     return model.eval(), tokenizer
 
 
+def _save_dequantised(model: nn.Module, tokenizer: object, directory: Path) -> None:
+    """Write weights, config and tokenizer as a plain Hugging Face directory.
+
+    ``save_pretrained`` rejects models loaded from GGUF (transformers 5 marks them as quantized),
+    although their weights are already dequantised float32 tensors, so the pieces are saved one by one.
+    """
+    from safetensors.torch import save_model
+
+    config = model.config
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    config.save_pretrained(directory)
+    save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(directory)
+
+
 def _load_gguf(path: Path, cache_dir: Path | None) -> tuple[nn.Module, object]:
     """Load a GGUF file through its dequantised cache, creating the cache on the first load."""
     root = cache_dir if cache_dir is not None else cache_root()
@@ -145,10 +162,9 @@ def _load_gguf(path: Path, cache_dir: Path | None) -> tuple[nn.Module, object]:
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=root))
     try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        _save_dequantised(model, tokenizer, staging)
         os.replace(staging, cached)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         # A full or read-only cache only costs speed: the model is already loaded.
         logger.warning("could not cache the dequantised model in %s: %s", cached, error)
     finally:
