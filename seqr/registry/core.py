@@ -62,6 +62,16 @@ class RegistryCore:
         with self._read() as session:
             return int(session.scalar(select(RegistryState.generation).where(RegistryState.id == 1)) or 0)
 
+    def check_principal(self, actor: Principal) -> int:
+        """Re-check that ``actor`` and its token are still valid and return :meth:`generation`.
+
+        One read transaction and no audit event, so a long-lived session can call it on every
+        request. Raises :class:`AuthenticationError` like any other operation of a revoked caller.
+        """
+        with self._read() as session:
+            self._check_actor(session, actor)
+            return int(session.scalar(select(RegistryState.generation).where(RegistryState.id == 1)) or 0)
+
     # Audit --------------------------------------------------------------------------------
 
     def _audit(

@@ -1,0 +1,7 @@
+"""The application API: log in with a token, load a model routed among your adapters, generate."""
+
+from seqr.api.explain import ModuleRoute, RouteExplanation
+from seqr.api.model import RoutedLanguageModel
+from seqr.api.session import Session, default_device, login
+
+__all__ = ["ModuleRoute", "RouteExplanation", "RoutedLanguageModel", "Session", "default_device", "login"]

@@ -1,0 +1,68 @@
+"""Decrypted adapter factors kept on a device, keyed by (tenant id, adapter version id).
+
+A version's factors never change once stored (a retrain creates a new version), so a cached entry
+can only become stale by losing its authorisation or being replaced. The model wrapper drops
+entries when the registry says so; this class only stores them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+
+import torch
+
+from seqr.routing.factors import AdapterFactors, ModuleFactors
+
+logger = logging.getLogger(__name__)
+
+CacheKey = tuple[int, int]  # (tenant id, adapter version id)
+
+
+def factors_to(factors: AdapterFactors, device: torch.device) -> AdapterFactors:
+    """Return ``factors`` with every Q and R on ``device``."""
+    return AdapterFactors({
+        name: ModuleFactors(q=f.q.to(device), r=f.r.to(device), mu=f.mu, sigma=f.sigma)
+        for name, f in factors.modules.items()
+    })
+
+
+class AdapterCache:
+    """A thread-safe map from (tenant id, version id) to factors already moved to one device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._entries: dict[CacheKey, AdapterFactors] = {}
+        self._lock = threading.Lock()
+        self.decryptions = 0
+
+    def get_or_load(self, key: CacheKey, load: Callable[[], AdapterFactors]) -> AdapterFactors:
+        """Return the cached factors of ``key``, or call ``load`` (which decrypts) and cache the result."""
+        with self._lock:
+            cached = self._entries.get(key)
+        if cached is not None:
+            return cached
+        factors = factors_to(load(), self.device)
+        with self._lock:
+            self.decryptions += 1
+            return self._entries.setdefault(key, factors)
+
+    def keys(self) -> set[CacheKey]:
+        with self._lock:
+            return set(self._entries)
+
+    def drop(self, keys: Iterable[CacheKey]) -> int:
+        """Remove ``keys``; return how many entries were removed."""
+        removed = 0
+        with self._lock:
+            for key in keys:
+                if self._entries.pop(key, None) is not None:
+                    removed += 1
+        if removed:
+            logger.info("dropped %d stale adapter(s) from the %s cache", removed, self.device)
+        return removed
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
