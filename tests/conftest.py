@@ -123,6 +123,12 @@ def make_tiny_model_dir(path: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
+def make_model_dir():
+    """The :func:`make_tiny_model_dir` factory, for tests that need a second, different model."""
+    return make_tiny_model_dir
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama saved as a local Hugging Face model directory, shared by the session."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
