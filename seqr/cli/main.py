@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from seqr.cli import bench_commands, registry_commands, training_commands
+from seqr.cli import app_commands, bench_commands, registry_commands, retention_commands, training_commands
 from seqr.cli.state import CliState
 from seqr.errors import LockHeldError, SeqrError
 
@@ -54,7 +54,7 @@ def root(
     )
 
 
-for module in (registry_commands, training_commands, bench_commands):
+for module in (registry_commands, app_commands, retention_commands, training_commands, bench_commands):
     module.register(app)
 
 
