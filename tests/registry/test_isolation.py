@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from seqr.errors import NotFoundError, PermissionDeniedError, RegistryError
-from seqr.registry import Permission, Principal
+from seqr.registry import Permission, Principal, Role
 
 from conftest import World, add_tenant, make_factors
 
@@ -162,8 +162,6 @@ def test_cross_tenant_grant_rejected(world: World):
 
 def test_tenant_admin_confined_to_own_tenant(world: World):
     add_tenant(world.registry, world.admin, "globex")
-    from seqr.registry import Role
-
     world.registry.create_principal(world.admin, "boss", tenant="acme", role=Role.TENANT_ADMIN)
     boss = world.registry.authenticate(world.registry.create_token(world.admin, "boss", tenant="acme").token)
     assert {silo.name for silo in world.registry.list_silos(boss)} == {"finance", "legal"}
