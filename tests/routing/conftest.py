@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -62,3 +63,12 @@ def library(tiny_llama) -> Library:
 def library_factory():
     """Return :func:`make_library`, for tests that need several libraries or options."""
     return make_library
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The device the routing tests build libraries on: $SEQR_ROUTING_DEVICE (benchmarks/gpu_check.sh sets cuda), else cpu."""
+    name = os.environ.get("SEQR_ROUTING_DEVICE", "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.fail(f"SEQR_ROUTING_DEVICE={name} but CUDA is not available")
+    return torch.device(name)

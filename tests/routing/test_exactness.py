@@ -19,14 +19,16 @@ SHAPES = [
 DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.bfloat16, id="bfloat16")]
 
 
-def _library(n_adapters: int, rank: int, n: int, m: int, tokens: int, dtype: torch.dtype, seed: int = 0):
+def _library(
+    n_adapters: int, rank: int, n: int, m: int, tokens: int, dtype: torch.dtype, seed: int = 0, device: str | torch.device = "cpu"
+):
     generator = torch.Generator().manual_seed(seed)
     a = (torch.randn(rank, n, generator=generator) / math.sqrt(n)).to(dtype)
     # Per-adapter scales spread the norms, as trained adapters do.
     scales = torch.rand(n_adapters, 1, 1, generator=generator) + 0.5
     b = (torch.randn(n_adapters, m, rank, generator=generator) * scales).to(dtype)
     x = torch.randn(tokens, n, generator=generator).to(dtype)
-    return a, b, x
+    return a.to(device), b.to(device), x.to(device)
 
 
 def _assert_same_choice_up_to_ties(chosen: torch.Tensor, reference_scores: torch.Tensor) -> None:
@@ -41,8 +43,10 @@ def _assert_same_choice_up_to_ties(chosen: torch.Tensor, reference_scores: torch
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("n_adapters", "rank", "n", "m", "tokens"), SHAPES)
-def test_seqr_matches_naive(n_adapters: int, rank: int, n: int, m: int, tokens: int, dtype: torch.dtype) -> None:
-    a, b, x = _library(n_adapters, rank, n, m, tokens, dtype)
+def test_seqr_matches_naive(
+    n_adapters: int, rank: int, n: int, m: int, tokens: int, dtype: torch.dtype, device: torch.device
+) -> None:
+    a, b, x = _library(n_adapters, rank, n, m, tokens, dtype, device=device)
     naive = make_router("naive", a, b).scores(x)
     seqr = make_router("seqr", a, b)
 
@@ -54,8 +58,10 @@ def test_seqr_matches_naive(n_adapters: int, rank: int, n: int, m: int, tokens: 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("n_adapters", "rank", "n", "m", "tokens"), SHAPES)
-def test_spectr_matches_naive(n_adapters: int, rank: int, n: int, m: int, tokens: int, dtype: torch.dtype) -> None:
-    a, b, x = _library(n_adapters, rank, n, m, tokens, dtype)
+def test_spectr_matches_naive(
+    n_adapters: int, rank: int, n: int, m: int, tokens: int, dtype: torch.dtype, device: torch.device
+) -> None:
+    a, b, x = _library(n_adapters, rank, n, m, tokens, dtype, device=device)
     naive = make_router("naive", a, b).scores(x)
     spectr = make_router("spectr", a, b)
 
@@ -64,11 +70,11 @@ def test_spectr_matches_naive(n_adapters: int, rank: int, n: int, m: int, tokens
 
 
 @pytest.mark.parametrize("method", ["seqr", "spectr"])
-def test_calibrated_choice_matches_naive(method: str) -> None:
-    a, b, x = _library(400, 8, 64, 32, 48, torch.float32, seed=3)
+def test_calibrated_choice_matches_naive(method: str, device: torch.device) -> None:
+    a, b, x = _library(400, 8, 64, 32, 48, torch.float32, seed=3, device=device)
     generator = torch.Generator().manual_seed(4)
-    mu = torch.rand(400, generator=generator) * 2
-    sigma = torch.rand(400, generator=generator) + 0.1
+    mu = (torch.rand(400, generator=generator) * 2).to(device)
+    sigma = (torch.rand(400, generator=generator) + 0.1).to(device)
     naive = make_router("naive", a, b, mu=mu, sigma=sigma).scores(x)
 
     router = make_router(method, a, b, mu=mu, sigma=sigma)
@@ -76,16 +82,16 @@ def test_calibrated_choice_matches_naive(method: str) -> None:
     _assert_same_choice_up_to_ties(router.select(x), naive)
 
 
-def test_lag_with_all_adapters_equals_spectr() -> None:
-    a, b, x = _library(80, 4, 32, 24, 40, torch.float32, seed=5)
+def test_lag_with_all_adapters_equals_spectr(device: torch.device) -> None:
+    a, b, x = _library(80, 4, 32, 24, 40, torch.float32, seed=5, device=device)
 
     lag = make_router("lag", a, b, k=80).select(x)
 
     assert torch.equal(lag, make_router("spectr", a, b).select(x))
 
 
-def test_lag_with_one_adapter_equals_arrow() -> None:
-    a, b, x = _library(80, 4, 32, 24, 40, torch.float32, seed=6)
+def test_lag_with_one_adapter_equals_arrow(device: torch.device) -> None:
+    a, b, x = _library(80, 4, 32, 24, 40, torch.float32, seed=6, device=device)
 
     lag = make_router("lag", a, b, k=1).select(x)
 

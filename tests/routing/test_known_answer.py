@@ -18,13 +18,13 @@ C, D = 0, 1
 
 
 @pytest.fixture
-def library() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def library(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     a = torch.eye(2)  # r = n = 2, so B_i A = B_i
     adapter_c = torch.diag(torch.tensor([2.0, 1.0]))
     v = torch.tensor([[1.0, 1.0], [1.0, -1.0]]) / math.sqrt(2)  # columns: right singular vectors
     adapter_d = torch.eye(2) @ torch.diag(torch.tensor([3.0, 1.0])) @ v.T
     x = torch.tensor([[1.0, 0.0]])
-    return a, torch.stack([adapter_c, adapter_d]), x
+    return a.to(device), torch.stack([adapter_c, adapter_d]).to(device), x.to(device)
 
 
 @pytest.mark.parametrize(("method", "expected"), [("arrow", C), ("seqr", D), ("naive", D), ("spectr", D)])
@@ -39,7 +39,7 @@ def test_theorem_norms(library) -> None:
 
     scores = make_router("seqr", a, b).scores(x)
 
-    torch.testing.assert_close(scores, torch.tensor([[2.0, math.sqrt(5.0)]]))
+    torch.testing.assert_close(scores.cpu(), torch.tensor([[2.0, math.sqrt(5.0)]]))
 
 
 def test_theorem_arrow_scores(library) -> None:
@@ -47,4 +47,4 @@ def test_theorem_arrow_scores(library) -> None:
 
     scores = make_router("arrow", a, b).scores(x)
 
-    torch.testing.assert_close(scores, torch.tensor([[1.0, 1 / math.sqrt(2.0)]]))
+    torch.testing.assert_close(scores.cpu(), torch.tensor([[1.0, 1 / math.sqrt(2.0)]]))

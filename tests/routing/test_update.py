@@ -18,7 +18,7 @@ def _explicit(b: torch.Tensor, z: torch.Tensor, indices: torch.Tensor, weights: 
 
 @pytest.mark.parametrize("distinct", [3, 40], ids=["grouped", "gathered"])
 @pytest.mark.parametrize("k", [1, 3])
-def test_update_matches_explicit_sum(distinct: int, k: int) -> None:
+def test_update_matches_explicit_sum(distinct: int, k: int, device: torch.device) -> None:
     generator = torch.Generator().manual_seed(k + distinct)
     n_adapters, m, rank, tokens = 50, 20, 4, 48
     b = torch.randn(n_adapters, m, rank, generator=generator)
@@ -27,9 +27,9 @@ def test_update_matches_explicit_sum(distinct: int, k: int) -> None:
     indices = torch.randint(0, distinct, (tokens, k), generator=generator)
     weights = torch.softmax(torch.randn(tokens, k, generator=generator), dim=-1)
 
-    update = routed_update(q, r, z, indices, weights)
+    update = routed_update(q.to(device), r.to(device), z.to(device), indices.to(device), weights.to(device))
 
-    torch.testing.assert_close(update, _explicit(b, z, indices, weights), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(update.cpu(), _explicit(b, z, indices, weights), rtol=1e-4, atol=1e-4)
 
 
 def test_gather_chunks_cover_all_tokens(monkeypatch: pytest.MonkeyPatch) -> None:

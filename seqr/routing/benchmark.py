@@ -1,0 +1,374 @@
+"""The routing benchmark behind ``seqr bench routing``: selection cost per method, and one routed layer against PEFT.
+
+Times are medians over repeats, measured in one process, so ratios between methods share the
+machine's state. FLOP counts come from :meth:`Router.flops_per_token` (a multiply-add counts 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from seqr.errors import InvalidInputError
+from seqr.routing.layer import RoutedLinear, RoutingState
+from seqr.routing.library import StackedFactors
+from seqr.routing.methods import Granularity, RoutingConfig, RoutingMethod
+from seqr.routing.routers import build_router
+
+logger = logging.getLogger(__name__)
+
+SELECTION_METHODS = (RoutingMethod.SEQR, RoutingMethod.ARROW, RoutingMethod.SPECTR, RoutingMethod.LAG, RoutingMethod.NAIVE)
+FLOOR_MATMUL_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class BenchmarkSetting:
+    """One library shape: N adapters, n input and m output features, rank r, LAG's k and T tokens."""
+
+    name: str
+    n_adapters: int
+    in_features: int
+    out_features: int
+    rank: int
+    lag_k: int
+    tokens: int
+
+
+SETTINGS: dict[str, BenchmarkSetting] = {
+    # The SEQR paper's Table 1 setting.
+    "table1": BenchmarkSetting("table1", 1000, 4096, 4096, 8, 20, 256),
+    # SmolLM2-135M's hidden size (its q_proj and o_proj are 576 x 576).
+    "smollm2": BenchmarkSetting("smollm2", 1000, 576, 576, 8, 20, 256),
+    # Small enough for a test run of the command.
+    "tiny": BenchmarkSetting("tiny", 50, 64, 64, 4, 5, 32),
+}
+
+
+@dataclass(frozen=True)
+class MethodTiming:
+    us_per_token: float
+    flops_per_token: int
+    ratio_to_seqr: float
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    setting: BenchmarkSetting
+    methods: dict[str, MethodTiming]
+    floor_us_per_token: float
+    seqr_over_floor: float
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """One routed layer's forward (base output included) at N adapters, for one implementation."""
+
+    implementation: str
+    n_adapters: int
+    ms_per_forward: float
+    peak_memory_mib: float
+
+
+@dataclass
+class RoutingBenchmarkReport:
+    machine: dict[str, str | int | float]
+    matmul_gflops: float
+    selection: list[SelectionResult] = field(default_factory=list)
+    layer: list[LayerResult] = field(default_factory=list)
+    layer_shape: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "machine": self.machine,
+            "matmul_gflops": self.matmul_gflops,
+            "selection": {
+                result.setting.name: {
+                    "setting": asdict(result.setting),
+                    "methods": {name: asdict(timing) for name, timing in result.methods.items()},
+                    "floor_us_per_token": result.floor_us_per_token,
+                    "seqr_over_floor": result.seqr_over_floor,
+                }
+                for result in self.selection
+            },
+            "layer": {"shape": self.layer_shape, "results": [asdict(result) for result in self.layer]},
+            "notes": self.notes,
+        }
+
+
+def describe_machine(device: torch.device) -> dict[str, str | int | float]:
+    info: dict[str, str | int | float] = {
+        "device": str(device),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count() or 0,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(encoding="utf-8"), flags=re.MULTILINE)
+        if found:
+            return found.group(1).strip()
+    return platform.processor() or "unknown"
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(call: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3) -> float:
+    """Return the median wall time of ``call`` over ``repeats`` runs, after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        call()
+    _synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_flops_per_second(device: torch.device, repeats: int, size: int = FLOOR_MATMUL_SIZE) -> float:
+    """Measure the dense float32 matrix-multiply rate on a (size x size) product."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    left = torch.randn(size, size, generator=generator).to(device)
+    right = torch.randn(size, size, generator=generator).to(device)
+    seconds = median_seconds(lambda: left @ right, device, repeats)
+    return 2 * size**3 / seconds
+
+
+def random_library(setting: BenchmarkSetting, device: torch.device, seed: int = 0) -> tuple[StackedFactors, torch.Tensor]:
+    """Return random stacked factors for ``setting`` and x (T, n), both on ``device``."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    a = torch.randn(setting.rank, setting.in_features, generator=generator) / setting.in_features**0.5
+    b = torch.randn(setting.n_adapters, setting.out_features, setting.rank, generator=generator)
+    q, r = torch.linalg.qr(b)  # (N, m, r), (N, r, r)
+    x = torch.randn(setting.tokens, setting.in_features, generator=generator)
+    factors = StackedFactors(a=a.to(device), q=q.to(device), r=r.to(device))
+    return factors, x.to(device)
+
+
+def interleaved_median_seconds(
+    calls: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 3
+) -> dict[str, float]:
+    """Return the median wall time of each call, timing one call of each per round.
+
+    Interleaving spreads load from other processes over all calls alike, which keeps the ratios
+    between them meaningful on a shared machine.
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    _synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            _synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def benchmark_selection(
+    setting: BenchmarkSetting,
+    device: torch.device,
+    repeats: int,
+    flops_per_second: float,
+    methods: Sequence[RoutingMethod] = SELECTION_METHODS,
+) -> SelectionResult:
+    """Time ``select(x)`` of every method on one random library; SEQR's time includes z = A x."""
+    factors, x = random_library(setting, device)
+    routers = {
+        method: build_router(factors, RoutingConfig(method=method, lag_k=min(setting.lag_k, setting.n_adapters)))
+        for method in (RoutingMethod.SEQR, *[m for m in methods if m is not RoutingMethod.SEQR])
+    }
+    seconds = interleaved_median_seconds(
+        {method.value: (lambda router=router: router.select(x)) for method, router in routers.items()}, device, repeats
+    )
+    seqr_us = seconds[RoutingMethod.SEQR.value] * 1e6 / setting.tokens
+    floor_us = routers[RoutingMethod.SEQR].flops_per_token() / flops_per_second * 1e6
+    timings = {}
+    for method, router in routers.items():
+        us = seconds[method.value] * 1e6 / setting.tokens
+        timings[method.value] = MethodTiming(us_per_token=us, flops_per_token=router.flops_per_token(), ratio_to_seqr=us / seqr_us)
+        logger.info("%s %s: %.3f us per token", setting.name, method.value, us)
+    return SelectionResult(setting=setting, methods=timings, floor_us_per_token=floor_us, seqr_over_floor=seqr_us / floor_us)
+
+
+def _peak_memory_mib(call: Callable[[], object], device: torch.device) -> float:
+    """Return the peak memory ``call`` adds above what is in use before it, in MiB.
+
+    CUDA: the allocator's peak. CPU: the process's peak resident set (VmHWM, reset through
+    /proc/self/clear_refs), so it also counts allocator slack and is Linux only.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        call()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        return float("nan")
+    Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+    before = _status_kib(status, "VmRSS")
+    call()
+    return (_status_kib(status, "VmHWM") - before) / 1024
+
+
+def _status_kib(status: Path, key: str) -> int:
+    found = re.search(rf"^{key}:\s+(\d+) kB", status.read_text(encoding="ascii"), flags=re.MULTILINE)
+    if found is None:
+        raise InvalidInputError(f"{status} has no {key} line; peak memory cannot be measured here")
+    return int(found.group(1))
+
+
+def benchmark_layer_against_peft(
+    adapter_counts: Sequence[int], setting: BenchmarkSetting, device: torch.device, repeats: int
+) -> list[LayerResult]:
+    """Time one routed layer's forward for SEQR and ARROW here and PEFT's Arrow layer, all top-1.
+
+    Every implementation gets the same base ``nn.Linear`` and the same A and B; PEFT's forward is
+    what its Arrow variant runs: the base output plus ``ArrowLoraLinearLayer``'s routed delta.
+    """
+    try:
+        from peft.tuners.lora.arrow import ArrowLoraLinearLayer
+        from peft.tuners.lora.config import ArrowConfig
+    except ImportError as error:
+        raise InvalidInputError("the layer comparison needs peft; install the dev extra or pass --no-layer") from error
+
+    results: list[LayerResult] = []
+    for count in adapter_counts:
+        shape = BenchmarkSetting("layer", count, setting.in_features, setting.out_features, setting.rank, 1, setting.tokens)
+        factors, x = random_library(shape, device, seed=count)
+        x = x.unsqueeze(0)  # (1, T, n): one sequence of T tokens
+        base = nn.Linear(shape.in_features, shape.out_features, bias=False).to(device)
+        forwards: dict[str, Callable[[], torch.Tensor]] = {}
+        for method in (RoutingMethod.SEQR, RoutingMethod.ARROW):
+            layer = RoutedLinear(
+                base, "bench", factors, RoutingConfig(method=method), 2.0, Granularity.TOKEN, RoutingState()
+            )
+            forwards[f"seqr.routing {method.value}"] = lambda layer=layer: layer(x)
+
+        names = [f"task_{i}" for i in range(count)]
+        lora_a = nn.ModuleDict({name: nn.Linear(shape.in_features, shape.rank, bias=False) for name in names}).to(device)
+        lora_b = nn.ModuleDict({name: nn.Linear(shape.rank, shape.out_features, bias=False) for name in names}).to(device)
+        b = factors.b()
+        with torch.no_grad():
+            for i, name in enumerate(names):
+                lora_a[name].weight.copy_(factors.a)
+                lora_b[name].weight.copy_(b[i])
+        config = ArrowConfig(top_k=1, rng_seed=0)
+        config.task_adapter_names = names
+        config.gks_adapter_names = []
+        arrow = ArrowLoraLinearLayer(in_features=shape.in_features, arrow_config=config).to(device)
+        arrow.build_prototypes(lora_a, lora_b)
+        scaling = dict.fromkeys(names, 2.0)
+        dropout = nn.Identity()
+        forwards["peft arrow"] = lambda: base(x) + arrow(x, lora_a, lora_b, dropout, scaling)
+
+        with torch.no_grad():
+            seconds = interleaved_median_seconds(forwards, device, repeats)
+            for implementation, forward in forwards.items():
+                peak = _peak_memory_mib(forward, device)
+                results.append(LayerResult(implementation, count, seconds[implementation] * 1e3, peak))
+                logger.info("layer N=%d %s: %.3f ms, %.1f MiB", count, implementation, seconds[implementation] * 1e3, peak)
+        del forwards, arrow, lora_a, lora_b, factors
+    return results
+
+
+def run_routing_benchmark(
+    setting_names: Sequence[str] = ("table1", "smollm2"),
+    *,
+    device: str = "cpu",
+    repeats: int = 5,
+    layer_adapter_counts: Sequence[int] = (10, 100, 1000),
+    layer_setting: str = "smollm2",
+) -> RoutingBenchmarkReport:
+    """Run the selection benchmark for each named setting, then the layer comparison with PEFT.
+
+    An empty ``layer_adapter_counts`` skips the layer comparison. Raises
+    :class:`InvalidInputError` for an unknown setting or device.
+    """
+    unknown = [name for name in [*setting_names, layer_setting] if name not in SETTINGS]
+    if unknown:
+        raise InvalidInputError(f"unknown benchmark setting {unknown[0]!r}; use one of: {', '.join(SETTINGS)}")
+    if repeats < 1:
+        raise InvalidInputError(f"repeats must be at least 1, got {repeats}")
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {device!r} was requested but CUDA is not available; use --device cpu")
+
+    with torch.inference_mode():
+        rate = matmul_flops_per_second(target, repeats)
+        report = RoutingBenchmarkReport(machine=describe_machine(target), matmul_gflops=rate / 1e9)
+        for name in setting_names:
+            report.selection.append(benchmark_selection(SETTINGS[name], target, repeats, rate))
+    if layer_adapter_counts:
+        shape = SETTINGS[layer_setting]
+        report.layer_shape = {"in_features": shape.in_features, "out_features": shape.out_features, "rank": shape.rank, "tokens": shape.tokens}
+        report.layer = benchmark_layer_against_peft(layer_adapter_counts, shape, target, repeats)
+    return report
+
+
+def format_report(report: RoutingBenchmarkReport) -> str:
+    """Render a report as plain-text tables."""
+    machine = report.machine
+    lines = [
+        f"machine: {machine['cpu']}, {machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads, "
+        f"device {machine['device']}{', ' + str(machine['gpu']) if 'gpu' in machine else ''}, torch {machine['torch']}",
+        f"dense float32 matmul ({FLOOR_MATMUL_SIZE}x{FLOOR_MATMUL_SIZE}): {report.matmul_gflops:.1f} GFLOP/s",
+    ]
+    for result in report.selection:
+        s = result.setting
+        lines += [
+            "",
+            f"select(x), {s.name}: N={s.n_adapters} n={s.in_features} m={s.out_features} r={s.rank} "
+            f"LAG k={s.lag_k}, {s.tokens} tokens",
+            f"{'method':<8} {'us/token':>12} {'FLOPs/token':>14} {'time / SEQR':>12}",
+        ]
+        for method, timing in result.methods.items():
+            lines.append(
+                f"{method:<8} {timing.us_per_token:>12.3f} {timing.flops_per_token:>14,} {timing.ratio_to_seqr:>11.1f}x"
+            )
+        lines.append(
+            f"floor: SEQR's FLOPs at the matmul rate = {result.floor_us_per_token:.3f} us/token; "
+            f"SEQR is {result.seqr_over_floor:.1f}x the floor"
+        )
+    if report.layer:
+        shape = report.layer_shape
+        lines += [
+            "",
+            f"one routed layer forward (base included), n={shape['in_features']} m={shape['out_features']} "
+            f"r={shape['rank']}, {shape['tokens']} tokens, top-1",
+            f"{'implementation':<22} {'N':>6} {'ms/forward':>11} {'peak MiB':>9}",
+        ]
+        for result in report.layer:
+            lines.append(
+                f"{result.implementation:<22} {result.n_adapters:>6} {result.ms_per_forward:>11.3f} "
+                f"{result.peak_memory_mib:>9.1f}"
+            )
+    lines += report.notes
+    return "\n".join(lines)
