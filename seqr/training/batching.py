@@ -66,3 +66,23 @@ def collate(pairs: Sequence[EncodedPair], *, pad_token_id: int) -> Batch:
         routing_end = pair.prompt_length if pair.prompt_length > 0 else size
         prompt_mask[row, :routing_end] = True
     return Batch(input_ids, attention_mask, labels, prompt_mask, target_mask)
+
+
+def target_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run ``model`` and return the logits that predict target tokens, with those tokens and their rows.
+
+    Only the positions followed by a target token go through the output projection (through
+    ``logits_to_keep``, which ``transformers`` causal LMs accept); over a 49k vocabulary that
+    projection is a large share of the compute. Returns logits (K, vocab), targets (K,) and
+    rows (K,), in row-major order of the target tokens.
+    """
+    follows_target = batch.target_mask[:, 1:]  # (batch, seq-1): position t predicts token t+1
+    predict = torch.zeros_like(batch.target_mask)
+    predict[:, :-1] = follows_target
+    output = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, logits_to_keep=predict)
+    logits = output.logits
+    if logits.ndim == 3:  # a model that ignores a boolean logits_to_keep
+        logits = logits[predict]
+    targets = batch.input_ids[:, 1:][follows_target]
+    rows = follows_target.nonzero()[:, 0]
+    return logits, targets, rows

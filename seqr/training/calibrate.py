@@ -107,7 +107,7 @@ def calibrate(
                 batch = collate(pairs[start : start + batch_size], pad_token_id=tokenizer.pad_token_id).to(device)
                 mask_holder["mask"] = token_mask(batch, tokens)
                 with autocast(precision, device):
-                    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, logits_to_keep=1)
         finally:
             for handle in handles:
                 handle.remove()

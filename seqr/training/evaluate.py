@@ -30,7 +30,8 @@ from seqr.training.library import Library, create_library
 from seqr.training.precision import autocast
 from seqr.training.presets import LibraryConfig, TrainingConfig
 from seqr.training.routing_stats import NormTally, RoutingTally, module_statistics
-from seqr.training.scoring import ChoiceBatch, choice_batches, correct_choices
+from seqr.training.scoring import ChoiceBatch, choice_batches, correct_choices, mean_target_logprob
+from seqr.training.batching import target_logits
 from seqr.training.train import TrainedAdapter, train_adapter
 
 logger = logging.getLogger(__name__)
@@ -131,11 +132,13 @@ def train_or_load(
     return adapter
 
 
-def _forward(base: BaseModel, routed: RoutedModel, chunk: ChoiceBatch, training: TrainingConfig) -> torch.Tensor:
+def _choice_scores(base: BaseModel, routed: RoutedModel, chunk: ChoiceBatch, training: TrainingConfig) -> torch.Tensor:
+    """Run the routed model on ``chunk`` and return each row's mean target log-probability (rows,)."""
     device = next(base.model.parameters()).device
     batch = chunk.batch.to(device)
     with routed.choose_from(batch.prompt_mask.long()), autocast(training.precision, device):
-        return base.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        logits, targets, rows = target_logits(base.model, batch)
+    return mean_target_logprob(logits.cpu(), targets.cpu(), rows.cpu(), batch.input_ids.shape[0])
 
 
 @dataclass
@@ -204,13 +207,13 @@ def _evaluate_task(
     for chunk in choice_batches(base.tokenizer, task.test, max_length=settings.training.max_length, max_rows=settings.max_rows):
         if is_oracle:
             with routed.base():
-                correct["base"] += correct_choices(_forward(base, routed, chunk, settings.training).cpu(), chunk, task.test)
+                correct["base"] += correct_choices(_choice_scores(base, routed, chunk, settings.training), chunk, task.test)
             with routed.forced(task.name):
-                correct[label] += correct_choices(_forward(base, routed, chunk, settings.training).cpu(), chunk, task.test)
+                correct[label] += correct_choices(_choice_scores(base, routed, chunk, settings.training), chunk, task.test)
             continue
         with routed.capture(reference_methods=["naive"] if track_naive else ()) as trace:
-            logits = _forward(base, routed, chunk, settings.training)
-        correct[label] += correct_choices(logits.cpu(), chunk, task.test)
+            scores = _choice_scores(base, routed, chunk, settings.training)
+        correct[label] += correct_choices(scores, chunk, task.test)
         if spec.method is RoutingMethod.MU:
             continue
         rows = chunk.first_rows

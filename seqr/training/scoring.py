@@ -60,18 +60,21 @@ def choice_batches(
         yield flush()
 
 
-def mean_target_logprob(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Return each row's mean log-probability of its target tokens: logits (b, s, vocab) -> (b,)."""
-    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (b, s-1, vocab)
-    targets = batch.input_ids[:, 1:]  # (b, s-1)
-    mask = batch.target_mask[:, 1:].to(log_probs.dtype)  # (b, s-1)
-    picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (b, s-1)
-    return (picked * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+def mean_target_logprob(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Return each row's mean log-probability of its target tokens.
+
+    ``logits`` (K, vocab), ``targets`` (K,) and ``rows`` (K,) are what
+    :func:`~seqr.training.batching.target_logits` returns; the result is (batch_size,).
+    """
+    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (K, vocab)
+    picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (K,)
+    totals = torch.zeros(batch_size, dtype=picked.dtype).index_add_(0, rows, picked)
+    counts = torch.zeros(batch_size, dtype=picked.dtype).index_add_(0, rows, torch.ones_like(picked))
+    return totals / counts.clamp_min(1.0)
 
 
-def correct_choices(logits: torch.Tensor, chunk: ChoiceBatch, examples: Sequence[ChoiceExample]) -> list[bool]:
-    """Return, per example of ``chunk``, whether its answer has the highest mean log-probability."""
-    scores = mean_target_logprob(logits, chunk.batch)
+def correct_choices(scores: torch.Tensor, chunk: ChoiceBatch, examples: Sequence[ChoiceExample]) -> list[bool]:
+    """Return, per example of ``chunk``, whether its answer has the highest score in ``scores`` (rows,)."""
     results = []
     for index, rows in zip(chunk.examples, chunk.example_rows):
         best = int(torch.argmax(scores[rows]))

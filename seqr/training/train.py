@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from seqr.errors import InvalidInputError, ModelError, TrainingError
 from seqr.routing.factors import AdapterFactors, ModuleFactors
 from seqr.training.base_model import BaseModel
-from seqr.training.batching import IGNORE_INDEX, collate, encode_pair
+from seqr.training.batching import Batch, collate, encode_pair, target_logits
 from seqr.training.calibrate import calibrate
 from seqr.training.data import Example, training_pair
 from seqr.training.library import Library
@@ -125,15 +125,13 @@ def train_b(
     return trained, metrics
 
 
-def _step_loss(model: nn.Module, batch: object, config: TrainingConfig, device: torch.device) -> torch.Tensor:
+def _step_loss(model: nn.Module, batch: Batch, config: TrainingConfig, device: torch.device) -> torch.Tensor:
     """Return the mean cross-entropy of the batch's target tokens."""
-    with autocast(config.precision, device):
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (batch, seq, vocab)
-    shifted = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    labels = batch.labels[:, 1:].reshape(-1)
-    if (labels == IGNORE_INDEX).all():
+    if not batch.target_mask[:, 1:].any():
         raise TrainingError("a training batch has no target tokens; check that completions are not empty")
-    return nn.functional.cross_entropy(shifted, labels, ignore_index=IGNORE_INDEX)
+    with autocast(config.precision, device):
+        logits, targets, _rows = target_logits(model, batch)  # (K, vocab), (K,)
+    return nn.functional.cross_entropy(logits.float(), targets)
 
 
 def train_adapter(

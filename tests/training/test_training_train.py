@@ -10,7 +10,7 @@ import torch
 from seqr.errors import ModelError, TrainingError
 from seqr.training.adapter_file import load_adapter, save_adapter
 from seqr.training.base_model import BaseModel
-from seqr.training.batching import collate, encode_pair
+from seqr.training.batching import collate, encode_pair, target_logits
 from seqr.training.calibrate import CalibrationTokens, calibrate
 from seqr.training.data import ChoiceExample, CompletionExample, TextExample, training_pair
 from seqr.training.library import Library, create_library
@@ -125,3 +125,16 @@ def test_interrupted_adapter_save_leaves_nothing(tmp_path: Path, tiny_base: Base
     with pytest.raises(KeyboardInterrupt):
         save_adapter(adapter, tmp_path / "adapter.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_target_logits_match_full_logits(tiny_base: BaseModel) -> None:
+    pairs = [encode_pair(tiny_base.tokenizer, *training_pair(example), max_length=64) for example in EXAMPLES]
+    batch = collate(pairs, pad_token_id=0)
+    with torch.no_grad():
+        logits, targets, rows = target_logits(tiny_base.model, batch)
+        full = tiny_base.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    expected = torch.nn.functional.cross_entropy(
+        full[:, :-1].reshape(-1, full.shape[-1]), batch.labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+    assert torch.nn.functional.cross_entropy(logits, targets).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert rows.tolist() == sorted(rows.tolist())
