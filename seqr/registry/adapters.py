@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 def _library_info(row: LibraryRow, tenant: str) -> LibraryInfo:
     return LibraryInfo(
         row.id, tenant, row.name, row.base_model_fingerprint, list(row.target_modules),
-        row.rank, row.alpha, row.seed, row.a_fingerprint,
+        row.rank, row.alpha, row.seed, row.a_fingerprint, row.base_model_source,
     )
 
 
@@ -46,8 +46,12 @@ class AdapterMixin(SiloMixin):
         seed: int,
         shared_a: Mapping[str, torch.Tensor],
         tenant: str | None = None,
+        base_model_source: str | None = None,
     ) -> LibraryInfo:
-        """Store a library; ``shared_a`` maps each full module name to its frozen A (rank, in_features)."""
+        """Store a library; ``shared_a`` maps each full module name to its frozen A (rank, in_features).
+
+        ``base_model_source`` is where a scheduled retrain loads the base model from (None: the default model).
+        """
         check_name("library", name)
         if rank < 1:
             raise AdapterFormatError(f"library rank {rank} must be at least 1")
@@ -62,6 +66,7 @@ class AdapterMixin(SiloMixin):
                 tenant_id=tenant_row.id, name=name, base_model_fingerprint=base_model_fingerprint,
                 target_modules=list(target_modules), rank=rank, alpha=float(alpha), seed=int(seed),
                 shared_a=payload, a_fingerprint=fingerprint, created_at=self.clock(),
+                base_model_source=base_model_source,
             )
             session.add(row)
             session.flush()

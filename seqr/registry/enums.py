@@ -85,3 +85,16 @@ class AuditAction(StrEnum):
     DOCUMENT_REMOVE = "document.remove"
     KEYS_ROTATE = "keys.rotate"
     INTEGRITY_FAILURE = "integrity.failure"
+    RETENTION_POLICY = "retention.policy"
+    REMOVAL_REQUEST = "removal.request"
+    RETENTION_RUN = "retention.run"
+    RETENTION_RETRAIN = "retention.retrain"
+
+
+class RunStatus(StrEnum):
+    """State of one retention run: ``running`` until it finishes, fails, or a later run finds it killed."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"

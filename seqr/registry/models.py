@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from seqr.registry.enums import AdapterStatus, BlobField, Permission, PrincipalKind, Role
+from seqr.registry.enums import AdapterStatus, BlobField, Permission, PrincipalKind, Role, RunStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -175,6 +175,9 @@ class Library(Base):
     shared_a: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     a_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    # Where a scheduled retrain loads the base model from (a local directory or GGUF file);
+    # None means the default SmolLM2 model. Added by migration 0002.
+    base_model_source: Mapped[str | None] = mapped_column(String(1000))
 
 
 class AdapterVersion(Base):
@@ -266,3 +269,63 @@ class AuditEvent(Base):
     master_key_version: Mapped[int] = mapped_column(Integer, nullable=False)
     prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     hash: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+# Retention (migration 0002) -----------------------------------------------------------------
+
+
+class RetentionPolicy(Base):
+    """A retention policy: a tenant's default when ``silo_id`` is NULL, else one silo's.
+
+    A silo's policy replaces its tenant's default as a whole. ``max_age_seconds`` NULL means
+    documents never expire by age; ``legal_hold`` blocks every deletion of the silo's documents.
+    """
+
+    __tablename__ = "retention_policies"
+    __table_args__ = (UniqueConstraint("tenant_id", "silo_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), nullable=False, index=True)
+    silo_id: Mapped[int | None] = mapped_column(ForeignKey("silos.id"), index=True)
+    max_age_seconds: Mapped[int | None] = mapped_column(Integer)
+    legal_hold: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    updated_by: Mapped[int | None] = mapped_column(ForeignKey("principals.id", ondelete="SET NULL"))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+
+
+class RemovalRequest(Base):
+    """A request to erase one document, completed by the retention run that removes it."""
+
+    __tablename__ = "removal_requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), nullable=False, index=True)
+    silo_id: Mapped[int] = mapped_column(ForeignKey("silos.id"), nullable=False)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id"), nullable=False, index=True)
+    reason: Mapped[str | None] = mapped_column(String(300))
+    requested_by: Mapped[int | None] = mapped_column(ForeignKey("principals.id", ondelete="SET NULL"))
+    requested_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class JobLock(Base):
+    """A named lease held by one job process; a lease past ``expires_at`` may be taken over."""
+
+    __tablename__ = "job_locks"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64), nullable=False)
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    acquired_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+
+
+class RetentionRun(Base):
+    """One retention run and its summary; the work itself is derived from documents and versions."""
+
+    __tablename__ = "retention_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(300), nullable=False)
+    status: Mapped[RunStatus] = mapped_column(_enum(RunStatus), nullable=False, index=True)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)

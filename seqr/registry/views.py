@@ -113,6 +113,7 @@ class LibraryInfo(JsonView):
     alpha: float
     seed: int
     a_fingerprint: str
+    base_model_source: str | None = None
 
 
 @dataclass(frozen=True)
