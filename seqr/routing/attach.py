@@ -185,9 +185,9 @@ def attach_routing(
     """Replace every module named in ``shared_a`` by a :class:`RoutedLinear` over ``adapters``.
 
     ``shared_a`` maps full module names (``model.layers.0.self_attn.q_proj``) to the library's
-    shared A (r, n); ``adapters`` maps adapter ids to their factors and is the candidate set, in
-    routing order; nothing outside it is read. ``scaling`` is the LoRA alpha / r. ``lag_k`` is
-    capped at the number of candidates. The stacked device tensors are built here, once.
+    shared A (r, n). ``adapters`` maps adapter ids to their factors: it is the candidate set, in
+    routing order, and nothing outside it is read. ``scaling`` is the LoRA alpha / r. ``lag_k``
+    is capped at the number of candidates. The stacked device tensors are built here, once.
 
     Raises :class:`ModelError` when a module is missing or not an ``nn.Linear`` (or is already
     routed), and :class:`InvalidInputError` for an empty candidate set, an adapter that lacks a

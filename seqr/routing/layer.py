@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 class Override(str, Enum):
-    """What every routed layer of one attachment does instead of routing, if anything."""
+    """An override of routing, shared by every routed layer of one attachment."""
 
     NONE = "none"  # route normally
     FORCED = "forced"  # apply one given adapter to every token

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:
-    """Raise :class:`InvalidInputError` when ``tensor`` holds a NaN or an Inf."""
+    """Raise :class:`InvalidInputError` when ``tensor`` contains a NaN or an Inf."""
     if not torch.isfinite(tensor).all():
         raise InvalidInputError(f"{name} contains NaN or Inf values; re-export or retrain it")
 
@@ -72,8 +72,8 @@ def _calibration(
 class StackedFactors:
     """The shared A and the candidates' factors of one module, in float32 on one device.
 
-    ``a`` is (r, n); ``q`` is (N, m, r) with orthonormal columns per adapter; ``r`` is (N, r, r)
-    upper triangular; ``mu`` and ``sigma`` are (N,) or both None for raw norms.
+    ``a`` is (r, n). ``q`` is (N, m, r) with orthonormal columns per adapter, and ``r`` is
+    (N, r, r) upper triangular. ``mu`` and ``sigma`` are (N,), or both None for raw norms.
     """
 
     a: torch.Tensor
@@ -188,7 +188,7 @@ class StackedFactors:
         """Stack already factored adapters of one module, checking shapes and values.
 
         ``names`` label the adapters in error messages. Calibration is used when every adapter
-        has it (and ``use_calibration`` is set); a mix of calibrated and uncalibrated adapters is
+        has it and ``use_calibration`` is set. A mix of calibrated and uncalibrated adapters is
         rejected, because their scores would not be comparable.
         """
         check_shared_a(a)

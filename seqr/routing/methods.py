@@ -11,7 +11,7 @@ DEFAULT_LAG_K = 20
 
 
 class RoutingMethod(str, Enum):
-    """How a router scores the candidate adapters for a token.
+    """The rule a router scores the candidate adapters of a token with.
 
     SEQR: (||R_i A x|| - mu_i) / sigma_i, exact norm maximisation at O(N r^2) per token.
     ARROW: |v_i . x| with v_i the top right singular vector of B_i A (Ostapenko et al. 2024).
@@ -40,7 +40,7 @@ class RoutingMethod(str, Enum):
 
 
 class Granularity(str, Enum):
-    """Where a routed layer makes its choice.
+    """The unit a routed layer chooses an adapter for.
 
     TOKEN: every token picks its own adapter at every adapted module.
     SEQUENCE: every sequence picks one adapter per module, from the mean score over its prompt

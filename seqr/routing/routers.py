@@ -148,8 +148,8 @@ def _block_norms(stacked_rows: torch.Tensor, vectors: torch.Tensor, n_adapters: 
     """Return ||M_i v_t|| for every adapter i and column t: (N r, d) and (T, d) -> (T, N).
 
     ``stacked_rows`` stacks the (r, d) matrices M_i. The product is laid out (N r, T), so the sum
-    of squares over r adds whole contiguous (N, T) slabs; a (T, N, r) layout reduces over a
-    stride-1 axis of length r instead, which measured many times slower on CPU.
+    of squares over r adds whole contiguous (N, T) slabs. A (T, N, r) layout would reduce over a
+    stride-1 axis of length r, which measured several times slower on a 2-core CPU.
     """
     step = _chunk_rows(n_adapters * rank)
     norms = vectors.new_empty(n_adapters, vectors.shape[0])  # (N, T)

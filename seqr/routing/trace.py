@@ -15,7 +15,7 @@ NO_ADAPTER = -1
 
 
 class Phase(str, Enum):
-    """Where a forward pass stands in a sequence: prompt (or a full pass without cache), or a cached step."""
+    """The part of a sequence a forward call processes: the prompt (or a pass without cache), or a cached step."""
 
     PREFILL = "prefill"
     DECODE = "decode"
@@ -72,7 +72,7 @@ class RoutingTrace:
             ) from None
 
     def top1(self, module: str) -> torch.Tensor:
-        """The chosen candidate position per token across all calls: (batch, total seq) long.
+        """Return the chosen candidate position per token across all calls: (batch, total seq) long.
 
         Calls are joined along the sequence, which is what a generate loop with a KV cache produces
         (the prompt, then one token per step). Raises when the calls have different batch sizes.
@@ -80,14 +80,14 @@ class RoutingTrace:
         return _join([r.top1 for r in self._records(module)], module)
 
     def scores(self, module: str) -> torch.Tensor:
-        """The per-token scores across all calls: (batch, total seq, N) float32."""
+        """Return the per-token scores across all calls: (batch, total seq, N) float32."""
         parts = [r.scores for r in self._records(module)]
         if any(p is None for p in parts):
             raise InvalidInputError(f"module {module!r} ran with a forced adapter or none; it has no scores")
         return _join([p for p in parts if p is not None], module)
 
     def top1_ids(self, module: str) -> list[list[str | None]]:
-        """The chosen adapter id per token, None where no single adapter was applied."""
+        """Return the chosen adapter id per token, with None where no single adapter was applied."""
         chosen = self.top1(module).tolist()
         return [[self.adapter_ids[i] if i >= 0 else None for i in row] for row in chosen]
 

@@ -1,8 +1,8 @@
 """The LoRA update of routed tokens: y = sum_j w_j Q_{i_j} (R_{i_j} z), without a (T, N, m) tensor.
 
-Tokens that share an adapter are grouped and multiplied with that adapter's Q at once when the
-groups are large (few distinct adapters, as in per-sequence routing); otherwise each token's Q is
-gathered, in chunks that bound the gathered (chunk, m, r) tensor.
+When the groups are large (few distinct adapters, as in per-sequence routing), the tokens that
+share an adapter are multiplied with its Q at once. Otherwise each token's Q is gathered, in
+chunks that bound the gathered (chunk, m, r) tensor.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ def test_detach_restores_model_bit_for_bit(tiny_llama, library) -> None:
     assert list(after_state) == list(before_state)
     assert all(torch.equal(after_state[key], value) for key, value in before_state.items())
     assert torch.equal(_logits(tiny_llama), before_logits)
-    assert not tiny_llama._forward_pre_hooks and not tiny_llama._forward_hooks
+    assert not tiny_llama._forward_pre_hooks
+    assert not tiny_llama._forward_hooks
 
 
 def test_context_manager_detaches(tiny_llama, library) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from seqr.routing import Phase, attach_routing
@@ -123,3 +124,24 @@ def test_new_prompt_batch_chooses_again(tiny_llama, library) -> None:
 
     assert trace.top1(trace.modules[0]).shape == (1, 5 + 3)
     assert cleared == [None] * len(cleared)
+
+
+@pytest.mark.parametrize("method", ["seqr", "arrow", "spectr", "lag", "naive", "mu"])
+def test_every_method_generates_per_sequence(tiny_llama, library, method: str) -> None:
+    ids, mask = _left_padded(PROMPTS)
+
+    with attach_routing(
+        tiny_llama, library.shared_a, library.adapters, scaling=library.scaling,
+        method=method, granularity="sequence", lag_k=2,
+    ) as routed:
+        with routed.capture() as trace:
+            out = _generate(tiny_llama, ids, mask)
+
+    assert out.shape == (3, ids.shape[1] + 4)
+    for name in trace.modules:
+        chosen = trace.top1(name)
+        assert torch.equal(chosen, chosen[:, :1].expand_as(chosen))
+        prefill = trace.records[name][0]
+        assert prefill.sequence_scores is not None
+        if method != "mu":
+            assert torch.isfinite(prefill.sequence_scores.gather(-1, chosen[:, :1])).all()
