@@ -11,9 +11,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect, text
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 
@@ -48,5 +47,8 @@ def heads() -> list[str]:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The database's revision, or None for an empty database."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()

@@ -29,6 +29,7 @@ from seqr.registry.identity import token_info
 from seqr.registry.keys import MASTER_KEY_VARIABLE, EnvKeyProvider, FileKeyProvider, KeyProvider, KEY_STORE_DIR
 from seqr.registry.models import AuditEvent, RegistryState, Tenant
 from seqr.registry.models import Principal as PrincipalRow
+from seqr.registry.retention import RetentionMixin
 from seqr.registry.rotation import RotationMixin
 from seqr.registry.views import CreatedToken, Principal
 
@@ -67,7 +68,7 @@ def default_key_provider(directory: Path) -> KeyProvider:
     return FileKeyProvider(directory)
 
 
-class Registry(RotationMixin):
+class Registry(RetentionMixin, RotationMixin):
     """The registry API. Construct with :meth:`init` or :meth:`open`; close with :meth:`close`."""
 
     def __init__(self, engine: Engine, keys: KeyProvider, clock: Clock = utc_now, directory: Path | None = None) -> None:
@@ -93,7 +94,14 @@ class Registry(RotationMixin):
         if (directory / CONFIG_FILE).exists():
             raise ConflictError(f"{directory} already holds a registry; open it instead of running init again")
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        url = database_url or f"sqlite:///{directory.resolve() / SQLITE_FILE}"
+        if database_url is None:
+            database = directory.resolve() / SQLITE_FILE
+            # SQLite creates the file (and later its -wal and -shm files, which copy the database
+            # file's mode) with the process umask; create it owner-only first.
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            url = f"sqlite:///{database}"
+        else:
+            url = database_url
         keys = key_provider if key_provider is not None else FileKeyProvider.create(directory)
         engine = make_engine(url)
         migrations.upgrade(engine)
