@@ -51,6 +51,8 @@ def test_no_canary_in_any_file(sqlite_world: World, tmp_path: Path):
 
     database = world.directory / "registry.db"
     assert (world.directory / "registry.db-wal").exists(), "WAL mode should leave a -wal file while open"
+    for name in ("registry.db", "registry.db-wal", "registry.db-shm", "master.key"):
+        assert (world.directory / name).stat().st_mode & 0o077 == 0, f"{name} is readable by others"
     needles = [DOCUMENT_CANARY, METADATA_CANARY.encode(), *patterns]
     files = _files(world.directory)
     assert database in files
