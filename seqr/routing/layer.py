@@ -99,7 +99,7 @@ class RoutedLinear(nn.Module):
         if state.override is Override.FORCED:
             decision = _fixed_decision(rows.shape[0], state.forced_index, rows.device)
         elif self.granularity is Granularity.TOKEN:
-            decision = self.router.decide(self.router.token_scores(rows, z))
+            decision = self.router.decide(self.router.ranking_scores(rows, z))
             token_scores = decision.scores
         else:
             decision, sequence_scores, token_scores = self._sequence_decision(rows, z, batch, seq)
@@ -172,7 +172,7 @@ class RoutedLinear(nn.Module):
         forced = state.override is Override.FORCED
         if token_scores is None and not forced:
             # Cached steps of per-sequence routing reuse the prompt's choice; score them for the record.
-            token_scores = self.router.token_scores(rows, z)
+            token_scores = self.router.ranking_scores(rows, z)
         extra = {
             method: self._reference_router(method).token_scores(rows, z).view(batch, seq, -1).detach()
             for method in state.trace_methods

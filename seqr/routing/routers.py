@@ -68,13 +68,13 @@ class Router(ABC):
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """Return the arg max candidate position of every token: (..., n) -> (...,) long."""
-        scores = self.scores(x)
-        return scores.argmax(dim=-1)
+        rows = self._rows(x)
+        return self.ranking_scores(rows, self.project(rows)).argmax(dim=-1).reshape(x.shape[:-1])
 
     def route(self, x: torch.Tensor) -> RouteDecision:
         """Score and choose for every token of ``x`` (..., n), flattened to T = prod(...) tokens."""
         rows = self._rows(x)
-        return self.decide(self.token_scores(rows, self.project(rows)))
+        return self.decide(self.ranking_scores(rows, self.project(rows)))
 
     def update(self, x: torch.Tensor, decision: RouteDecision) -> torch.Tensor:
         """Return the LoRA update B A x of each token's chosen adapters (unscaled): (T, n) -> (T, m)."""
@@ -111,12 +111,16 @@ class Router(ABC):
         tokens) and the (b, s, N) token scores, or None when the method does not form them.
         """
         batch, seq, n = rows.shape
-        tokens = self.token_scores(rows.reshape(-1, n), z.reshape(batch * seq, -1)).view(batch, seq, -1)
+        tokens = self.ranking_scores(rows.reshape(-1, n), z.reshape(batch * seq, -1)).view(batch, seq, -1)
         return masked_mean(tokens, mask), tokens
 
     @abstractmethod
     def token_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """Return (T, N) float32 scores for float32 rows (T, n) and, when ``needs_z``, z (T, r)."""
+
+    def ranking_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """Return the (T, N) scores that routing decisions are made from; by default :meth:`token_scores`."""
+        return self.token_scores(rows, z)
 
     def flops_per_token(self) -> int:
         """Return the floating-point operations ``select`` spends per token (multiply-add = 2)."""
@@ -169,22 +173,61 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class SeqrRouter(Router):
-    """(||R_i z|| - mu_i) / sigma_i with z = A x; ||R_i z|| = ||B_i A x|| because Q_i has orthonormal columns."""
+    """(||R_i z|| - mu_i) / sigma_i with z = A x; ||R_i z|| = ||B_i A x|| because Q_i has orthonormal columns.
+
+    ``scores`` multiplies every R_i with z. Routing decisions (``select``, ``route`` and the
+    routed layers) use the quadratic form ||R_i z||^2 = z^T G_i z with the Gram matrix
+    G_i = R_i^T R_i, whose r (r + 1) / 2 distinct entries need fewer multiply-adds than the
+    r^2 of R_i z. Rounding in that form grows to about sqrt(eps) ||R_i|| ||z|| for norms near
+    zero, so only near-zero norms lose relative precision, never a clear arg max.
+    """
 
     method = RoutingMethod.SEQR
 
     def __init__(self, factors: StackedFactors, config: RoutingConfig) -> None:
         super().__init__(factors, config)
-        self._r_rows = self.factors.r.reshape(-1, factors.rank).contiguous()  # (N r, r)
+        rank = factors.rank
+        self._r_rows = self.factors.r.reshape(-1, rank).contiguous()  # (N r, r)
+        rows, cols = torch.triu_indices(rank, rank, device=factors.device)  # (P,), P = r (r + 1) / 2
+        gram = self.factors.r.transpose(1, 2) @ self.factors.r  # (N, r, r)
+        # Off-diagonal entries appear twice in z^T G z, so they are stored doubled.
+        doubling = torch.where(rows == cols, 1.0, 2.0).to(gram.dtype)
+        self._gram_entries = (gram[:, rows, cols] * doubling).contiguous()  # (N, P)
+        self._pair_rows, self._pair_cols = rows, cols
 
     def token_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         if z is None:
             raise InvalidInputError("SEQR scores need z = A x; call project(rows) first")
         return self._calibrate(_block_norms(self._r_rows, z, self.num_adapters, self.factors.rank))
 
+    def ranking_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        return self._calibrate(self._squared_norms(z).clamp_min_(0.0).sqrt_().T)
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._rows(x)
+        squared = self._squared_norms(self.project(rows))  # (N, T)
+        if self.factors.mu is None:
+            # The square root is monotonic, so raw norms rank like their squares.
+            return squared.argmax(dim=0).reshape(x.shape[:-1])
+        return self._calibrate(squared.clamp_min_(0.0).sqrt_().T).argmax(dim=-1).reshape(x.shape[:-1])
+
+    def _squared_norms(self, z: torch.Tensor | None) -> torch.Tensor:
+        """Return ||R_i z_t||^2 as an (N, T) tensor, chunked over tokens."""
+        if z is None:
+            raise InvalidInputError("SEQR scores need z = A x; call project(rows) first")
+        pairs = self._gram_entries.shape[1]
+        step = _chunk_rows(pairs + self.num_adapters)
+        squared = z.new_empty(self.num_adapters, z.shape[0])  # (N, T)
+        for start in range(0, z.shape[0], step):
+            block = z[start : start + step]
+            products = block[:, self._pair_rows] * block[:, self._pair_cols]  # (t, P)
+            squared[:, start : start + step] = self._gram_entries @ products.T  # (N, t)
+        return squared
+
     def _flops(self, n_adapters: int, n: int, m: int, r: int) -> int:
-        # z = A x, then R_i z for every i, then squared sums, square roots and calibration.
-        return 2 * r * n + 2 * n_adapters * r * r + 2 * n_adapters * r + 3 * n_adapters
+        # z = A x, the r (r + 1) / 2 products z_j z_k, the Gram forms, square roots and calibration.
+        pairs = r * (r + 1) // 2
+        return 2 * r * n + pairs + 2 * n_adapters * pairs + 3 * n_adapters
 
 
 class NaiveRouter(Router):

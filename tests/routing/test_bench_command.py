@@ -42,7 +42,8 @@ def test_flop_counts_follow_formulas() -> None:
     methods = report.selection[0].methods
     n_adapters, n, m, r, k = 50, 64, 64, 4, 5
 
-    assert methods["seqr"].flops_per_token == 2 * r * n + 2 * n_adapters * r * r + 2 * n_adapters * r + 3 * n_adapters
+    pairs = r * (r + 1) // 2
+    assert methods["seqr"].flops_per_token == 2 * r * n + pairs + 2 * n_adapters * pairs + 3 * n_adapters
     assert methods["arrow"].flops_per_token == 2 * n_adapters * n + n_adapters
     assert methods["spectr"].flops_per_token == 2 * n_adapters * r * n + 2 * n_adapters * r + 3 * n_adapters
     assert methods["lag"].flops_per_token == 2 * n_adapters * n + n_adapters + 2 * k * r * n + 2 * k * r + 3 * k

@@ -127,3 +127,26 @@ def test_scores_keep_leading_dimensions() -> None:
     assert batched.shape == (3, 4, 6)
     torch.testing.assert_close(batched.view(12, 6), router.scores(x))
     assert router.select(x.view(3, 4, 16)).shape == (3, 4)
+
+
+@pytest.mark.parametrize("calibrated", [False, True], ids=["raw", "calibrated"])
+def test_seqr_route_scores_match_scores(calibrated: bool, device: torch.device) -> None:
+    a, b, x = _library(300, 8, 64, 32, 40, torch.float32, seed=10, device=device)
+    statistics = {"mu": torch.full((300,), 0.5, device=device), "sigma": torch.full((300,), 2.0, device=device)} if calibrated else {}
+    router = make_router("seqr", a, b, **statistics)
+
+    decision = router.route(x)
+
+    scores = router.scores(x)
+    torch.testing.assert_close(decision.scores, scores, rtol=1e-4, atol=1e-4 * scores.abs().max().item())
+    assert torch.equal(decision.indices[:, 0], router.select(x))
+
+
+def test_seqr_select_with_rank_deficient_adapters(device: torch.device) -> None:
+    a, b, x = _library(200, 8, 64, 32, 64, torch.float32, seed=11, device=device)
+    b[::2, :, 4:] = 0.0  # half the adapters have rank 4
+    b[1] = 0.0
+
+    chosen = make_router("seqr", a, b).select(x)
+
+    _assert_same_choice_up_to_ties(chosen, make_router("naive", a, b).scores(x))
