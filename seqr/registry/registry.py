@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -32,6 +33,9 @@ from seqr.registry.models import Principal as PrincipalRow
 from seqr.registry.retention import RetentionMixin
 from seqr.registry.rotation import RotationMixin
 from seqr.registry.views import CreatedToken, Principal
+
+if TYPE_CHECKING:
+    from seqr.api.session import Session as ApiSession
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +96,7 @@ class Registry(RetentionMixin, RotationMixin):
         tenant and a registry admin. Return the open registry and the admin's token (shown once)."""
         directory = Path(directory)
         if (directory / CONFIG_FILE).exists():
-            raise ConflictError(f"{directory} already holds a registry; open it instead of running init again")
+            raise ConflictError(f"{directory} already contains a registry; open it instead of running init again")
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if database_url is None:
             database = directory.resolve() / SQLITE_FILE
@@ -114,7 +118,7 @@ class Registry(RetentionMixin, RotationMixin):
     def _bootstrap(self, tenant_name: str, admin_name: str) -> CreatedToken:
         with Session(self.engine) as session, session.begin():
             if session.get(RegistryState, 1) is not None:
-                raise ConflictError("the database already holds a registry; use a fresh database for `seqr init`")
+                raise ConflictError("the database already contains a registry; use a fresh database for `seqr init`")
             session.add(RegistryState(id=1, generation=0, audit_head=GENESIS_HASH))
         with self._write() as (session, state):
             now = self.clock()
@@ -143,11 +147,15 @@ class Registry(RetentionMixin, RotationMixin):
         key_provider: KeyProvider | None = None,
         clock: Clock = utc_now,
         check_schema: bool = True,
+        database_url: str | None = None,
     ) -> Registry:
-        """Open an existing registry; raise :class:`ConflictError` when its database needs ``seqr db upgrade``."""
+        """Open an existing registry; raise :class:`ConflictError` when its database needs ``seqr db upgrade``.
+
+        ``database_url`` overrides the URL stored in the directory's ``registry.json``.
+        """
         directory = Path(directory)
         config = RegistryConfig.load(directory)
-        engine = make_engine(config.database_url)
+        engine = make_engine(database_url or config.database_url)
         registry = cls(engine, key_provider or default_key_provider(directory), clock, directory)
         if check_schema:
             registry._check_schema()
@@ -182,6 +190,12 @@ class Registry(RetentionMixin, RotationMixin):
     def close(self) -> None:
         self.engine.dispose()
 
+    def login(self, token: str) -> ApiSession:
+        """Authenticate ``token`` (audited as a login) and return an application session for it."""
+        from seqr.api.session import Session as ApiSession
+
+        return ApiSession(self, self.authenticate(token))
+
     def __enter__(self) -> Registry:
         return self
 
@@ -191,7 +205,7 @@ class Registry(RetentionMixin, RotationMixin):
     # Audit -------------------------------------------------------------------------------
 
     def list_audit_events(self, actor: Principal, *, limit: int = 100, tenant: str | None = None) -> list[AuditRecord]:
-        """The latest events, newest first: every event for a registry admin, the tenant's for a tenant admin."""
+        """Return the latest events, newest first: all events for a registry admin, the tenant's for a tenant admin."""
         with self._read() as session:
             self._check_actor(session, actor)
             tenant_row = self._tenant(session, actor, tenant)
