@@ -2,6 +2,6 @@
 
 from seqr.api.explain import ModuleRoute, RouteExplanation
 from seqr.api.model import RoutedLanguageModel
-from seqr.api.session import Session, default_device, login
+from seqr.api.session import Session, default_device, login, open_registry
 
-__all__ = ["ModuleRoute", "RouteExplanation", "RoutedLanguageModel", "Session", "default_device", "login"]
+__all__ = ["ModuleRoute", "RouteExplanation", "RoutedLanguageModel", "Session", "default_device", "login", "open_registry"]

@@ -1,7 +1,7 @@
 """An authenticated session: the entry point of applications.
 
 >>> registry = open_registry()                      # doctest: +SKIP
->>> session = login(registry, os.environ["SEQR_TOKEN"])     # doctest: +SKIP
+>>> session = registry.login(os.environ["SEQR_TOKEN"])      # doctest: +SKIP
 >>> model = session.load_model()                    # doctest: +SKIP
 >>> model.generate(["Summarise our refund policy."])      # doctest: +SKIP
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import threading
 import weakref
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from seqr.api.cache import AdapterCache
 from seqr.api.model import RoutedLanguageModel
 from seqr.errors import InvalidInputError, ModelError, NotFoundError
+from seqr.registry.keys import FileKeyProvider, KeyProvider
 from seqr.registry.registry import Registry
 from seqr.registry.views import Library, Principal
 from seqr.routing import Granularity, RoutingMethod
@@ -42,9 +44,13 @@ def adapter_cache(registry: Registry, device: torch.device) -> AdapterCache:
     return per_device.setdefault(device, AdapterCache(device))
 
 
-def _load_base(source: str | Path | None) -> BaseModel:
-    """Load a base model once per process; callers get a private copy they may modify."""
-    key = "<default>" if source is None else str(Path(source).expanduser()) if Path(str(source)).expanduser().exists() else str(source)
+def load_shared_base(source: str | Path | None) -> BaseModel:
+    """Load a base model once per process and return a private copy the caller may modify."""
+    if source is None:
+        key = "<default>"
+    else:
+        path = Path(source).expanduser()
+        key = str(path.resolve()) if path.exists() else str(source)
     with _base_models_lock:
         cached = _base_models.get(key)
         if cached is None:
@@ -75,47 +81,61 @@ class Session:
         method: RoutingMethod | str = RoutingMethod.SEQR,
         granularity: Granularity | str = Granularity.TOKEN,
     ) -> RoutedLanguageModel:
-        """Load ``base_model`` with only this principal's authorised adapters attached and routed.
+        """Load a base model with only this principal's authorised adapters attached and routed.
 
-        ``base_model`` is a model directory, a GGUF file, a hub id, an already loaded
-        :class:`BaseModel` (which is modified in place), or None for the default
-        SmolLM2-135M-Instruct. ``library`` picks the library when the principal's adapters for
-        this base model come from several. Raises ModelError when the base model's weights differ
-        from the library's, and NotFoundError when the principal has no authorised adapter.
+        ``base_model`` is a model directory, a GGUF file, a hub id, or an already loaded
+        :class:`BaseModel` (modified in place). None loads the library's recorded base model
+        source (the default SmolLM2-135M-Instruct when it has none). ``library`` picks the library
+        when the principal's adapters come from several. Raises ModelError when the base model's
+        weights differ from the library's, and NotFoundError when the principal has no
+        authorised adapter.
         """
         target = torch.device(device) if device is not None else default_device()
-        base = base_model if isinstance(base_model, BaseModel) else _load_base(base_model)
+        candidates = self._candidate_libraries(library)
+        if isinstance(base_model, BaseModel):
+            base = base_model
+        elif base_model is not None:
+            base = load_shared_base(base_model)
+        else:
+            sources = {candidate.info.base_model_source for candidate in candidates}
+            if len(sources) > 1:
+                raise InvalidInputError(
+                    f"the authorised adapters come from libraries with different base models ({sorted(map(str, sources))}); "
+                    "pass base_model or library"
+                )
+            base = load_shared_base(sources.pop())
         base.model.to(target).eval()
-        chosen = self._choose_library(base, library)
+        chosen = _match_library(base, candidates)
         return RoutedLanguageModel(
             self, base, chosen, device=target, cache=adapter_cache(self.registry, target),
             method=RoutingMethod.parse(method), granularity=Granularity.parse(granularity),
         )
 
-    def _choose_library(self, base: BaseModel, name: str | None) -> Library:
+    def _candidate_libraries(self, name: str | None) -> list[Library]:
         if name is not None:
-            library = self.registry.library(self.principal, name)
-            _check_base_model(base, library)
-            return library
+            return [self.registry.library(self.principal, name)]
         names = sorted({version.library for version in self.registry.authorized_adapters(self.principal)})
         if not names:
             raise NotFoundError(
                 f"{self.principal.describe()} has no authorised adapter; ask an administrator for a grant "
                 "(`seqr grant SILO --user NAME`) on a silo with an active adapter"
             )
-        libraries = [self.registry.library(self.principal, library_name) for library_name in names]
-        matching = [library for library in libraries if library.info.base_model_fingerprint == base.fingerprint]
-        if not matching:
-            _check_base_model(base, libraries[0])
-        if len(matching) > 1:
-            raise InvalidInputError(
-                f"the authorised adapters for base model {base.name} come from libraries "
-                f"{', '.join(lib.info.name for lib in matching)}; pass library=NAME to pick one"
-            )
-        return matching[0]
+        return [self.registry.library(self.principal, library_name) for library_name in names]
 
 
-def _check_base_model(base: BaseModel, library: Library) -> None:
+def _match_library(base: BaseModel, libraries: list[Library]) -> Library:
+    matching = [library for library in libraries if library.info.base_model_fingerprint == base.fingerprint]
+    if not matching:
+        check_base_model(base, libraries[0])
+    if len(matching) > 1:
+        raise InvalidInputError(
+            f"the authorised adapters for base model {base.name} come from libraries "
+            f"{', '.join(library.info.name for library in matching)}; pass library=NAME to pick one"
+        )
+    return matching[0]
+
+
+def check_base_model(base: BaseModel, library: Library) -> None:
     if library.info.base_model_fingerprint != base.fingerprint:
         raise ModelError(
             f"base model {base.name} (weights fingerprint {base.fingerprint[:12]}) differs from the base model "
@@ -127,3 +147,31 @@ def _check_base_model(base: BaseModel, library: Library) -> None:
 def login(registry: Registry, token: str) -> Session:
     """Authenticate ``token`` (audited as a login) and return its session."""
     return Session(registry, registry.authenticate(token))
+
+
+HOME_VARIABLE = "SEQR_HOME"
+DATABASE_URL_VARIABLE = "SEQR_DATABASE_URL"
+MASTER_KEY_FILE_VARIABLE = "SEQR_MASTER_KEY_FILE"
+
+
+def open_registry(
+    home: str | Path | None = None,
+    *,
+    database_url: str | None = None,
+    key_provider: KeyProvider | None = None,
+) -> Registry:
+    """Open the registry in ``home`` (default ``$SEQR_HOME``).
+
+    ``database_url`` defaults to ``$SEQR_DATABASE_URL``, else the URL in the registry's
+    ``registry.json``. The master key comes from ``key_provider``, else ``$SEQR_MASTER_KEY_FILE``,
+    else ``$SEQR_MASTER_KEY``, else the key file in ``home``.
+    """
+    directory = home if home is not None else os.environ.get(HOME_VARIABLE)
+    if not directory:
+        raise InvalidInputError(f"no registry given: pass a directory or set {HOME_VARIABLE}")
+    directory = Path(directory).expanduser()
+    if key_provider is None and os.environ.get(MASTER_KEY_FILE_VARIABLE):
+        key_provider = FileKeyProvider(directory, key_file=Path(os.environ[MASTER_KEY_FILE_VARIABLE]).expanduser())
+    return Registry.open(
+        directory, key_provider=key_provider, database_url=database_url or os.environ.get(DATABASE_URL_VARIABLE) or None
+    )

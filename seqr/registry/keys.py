@@ -192,9 +192,9 @@ class _ShredKeysInDirectory:
 class FileKeyProvider(_ShredKeysInDirectory):
     """Master key versions in ``DIR/master.key`` (JSON, mode 0600) and shred keys in ``DIR/keystore``."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, key_file: Path | None = None) -> None:
         self.directory = Path(directory)
-        self.path = self.directory / MASTER_KEY_FILE
+        self.path = Path(key_file) if key_file is not None else self.directory / MASTER_KEY_FILE
         self.store = DirectoryShredKeyStore(self.directory / KEY_STORE_DIR)
 
     @classmethod
