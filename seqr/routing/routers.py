@@ -249,7 +249,7 @@ class NaiveRouter(Router):
         for start in range(0, n_adapters, step):
             block = self._b[start : start + step]  # (c, m, r)
             outputs = (block.reshape(-1, rank) @ z.T).view(block.shape[0], m, -1)  # (c, m, T)
-            norms[start : start + step] = torch.linalg.vector_norm(outputs, dim=1)
+            norms[start : start + step] = outputs.square_().sum(dim=1).sqrt_()
         return self._calibrate(norms.T)
 
     def _flops(self, n_adapters: int, n: int, m: int, r: int) -> int:
@@ -310,18 +310,30 @@ class LagRouter(Router):
 
     def token_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         k = self.config.lag_k
-        _, rank, n = self._projections.shape
         kept = (rows @ self._prototypes_t).abs().topk(k, dim=-1).indices  # (T, k)
-        spectr = rows.new_empty(kept.shape)  # (T, k)
-        step = _chunk_rows(k * rank * n)
-        for start in range(0, rows.shape[0], step):
-            block = self._projections[kept[start : start + step]]  # (t, k, r, n)
-            projected = torch.einsum("tkrn,tn->tkr", block, rows[start : start + step])
-            spectr[start : start + step] = torch.linalg.vector_norm(projected, dim=-1)
+        spectr = self._kept_norms(rows, kept)  # (T, k)
         if self.factors.mu is not None and self.factors.sigma is not None:
             spectr = (spectr - self.factors.mu[kept]) / self.factors.sigma[kept]
         scores = rows.new_full((rows.shape[0], self.num_adapters), float("-inf"))  # (T, N)
         return scores.scatter_(1, kept, spectr)
+
+    def _kept_norms(self, rows: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """Return ||Â_i x_t|| for every (token t, kept adapter i) pair: (T, k).
+
+        Pairs are grouped by adapter, so each kept adapter multiplies its tokens at once.
+        """
+        # NOTE: one small matmul per distinct kept adapter, a Python loop of up to N steps. Gathering
+        # a (T, k, r, n) block of Â instead copies k r n floats per token and measured about 4x
+        # slower at N=1000, n=4096, k=20 on a 2-core CPU.
+        k = kept.shape[1]
+        flat = kept.reshape(-1)  # (T k,)
+        order = torch.argsort(flat)
+        adapters, counts = torch.unique_consecutive(flat[order], return_counts=True)
+        norms = rows.new_empty(flat.numel())  # (T k,)
+        for adapter, pairs in zip(adapters.tolist(), torch.split(order, counts.tolist()), strict=True):
+            projected = rows[pairs // k] @ self._projections[adapter].T  # (pairs, r)
+            norms[pairs] = projected.square().sum(dim=-1).sqrt()
+        return norms.view(kept.shape)
 
     def sequence_scores(
         self, rows: torch.Tensor, z: torch.Tensor, mask: torch.Tensor
