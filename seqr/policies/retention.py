@@ -278,3 +278,26 @@ def _dry_run(registry: Registry, actor: Principal, tenant: str | None) -> Retent
             summary.silos_emptied.append(f"{ref.tenant}/{ref.silo}")
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def remove_now(
+    registry: Registry, actor: Principal, silo: str, document_ids: list[int], *, tenant: str | None = None
+) -> list[int]:
+    """Crypto-shred requested documents at once instead of at the next run; return their ids.
+
+    Raises ConflictError, removing nothing, when a legal hold covers the silo (the requests stay
+    pending). The adapters trained on the documents keep serving until the next retention run
+    replaces them.
+    """
+    policy = registry.retention_policy(actor, silo, tenant=tenant)
+    if policy.legal_hold:
+        raise ConflictError(
+            f"silo {silo!r} is under a legal hold, so its documents cannot be removed now; the removal requests "
+            "are recorded and the retention run processes them once the hold is lifted"
+        )
+    removed: list[int] = []
+    for document_id in document_ids:
+        registry.remove_document(actor, document_id)
+        registry.complete_removal_requests(actor, document_id)
+        removed.append(document_id)
+    return removed
