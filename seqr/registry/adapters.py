@@ -85,7 +85,7 @@ class AdapterMixin(SiloMixin):
 
     @staticmethod
     def _library_modules(row: LibraryRow) -> set[str]:
-        """The full module names the library's shared A covers (verified against its fingerprint)."""
+        """Return the full module names of the library's shared A, after checking its fingerprint."""
         return set(codec.decode_shared_a(row.shared_a, row.rank, row.a_fingerprint, library=row.name))
 
     def library(self, actor: Principal, name: str, *, tenant: str | None = None) -> Library:
@@ -175,7 +175,7 @@ class AdapterMixin(SiloMixin):
     def _visible_version(
         self, session: Session, actor: Principal, version_id: int, permission: Permission
     ) -> tuple[AdapterVersion, Tenant, Silo, LibraryRow]:
-        """Load a version the caller holds ``permission`` on; a version of another tenant is 'not found'."""
+        """Load a version on whose silo the caller has ``permission``; another tenant's version is 'not found'."""
         version = session.get(AdapterVersion, version_id)
         if version is None or not (actor.role is Role.REGISTRY_ADMIN or version.tenant_id == actor.tenant_id):
             raise NotFoundError(f"adapter version {version_id} not found; list versions with `seqr adapter list`")
@@ -190,8 +190,9 @@ class AdapterMixin(SiloMixin):
         return version, tenant, silo, library
 
     def activate_adapter_version(self, actor: Principal, version_id: int) -> AdapterVersionInfo:
-        """Make a version active; the silo's previously active version of that library becomes retired,
-        in the same transaction, so a reader sees exactly one active version at any time."""
+        """Make a version active and retire the silo's previously active version of that library.
+
+        Both happen in one transaction, so a reader sees exactly one active version at any time."""
         with self._write() as (session, state):
             self._check_actor(session, actor)
             version, tenant, silo, library = self._visible_version(session, actor, version_id, Permission.ADMIN)
@@ -250,7 +251,7 @@ class AdapterMixin(SiloMixin):
         silo: str | None = None,
         status: AdapterStatus | None = None,
     ) -> list[AdapterVersionInfo]:
-        """Versions of the tenant's silos: all of them for tenant admins, else those of silos the caller holds a grant on."""
+        """Return versions of the tenant's silos: all for tenant admins, else those of silos the caller has a grant on."""
         with self._read() as session:
             self._check_actor(session, actor)
             tenant_row = self._tenant(session, actor, tenant)
@@ -273,7 +274,7 @@ class AdapterMixin(SiloMixin):
     # Resolution and loading --------------------------------------------------------------
 
     def authorized_adapters(self, actor: Principal) -> list[AdapterVersionInfo]:
-        """The active versions the caller may route among (see :mod:`seqr.policies.access`)."""
+        """Return the active versions the caller may route among (see :mod:`seqr.policies.access`)."""
         with self._read() as session:
             self._check_actor(session, actor)
             rows = access.authorized_adapter_versions(session, actor.id, actor.tenant_id)

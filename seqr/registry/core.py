@@ -57,8 +57,8 @@ class RegistryCore:
             yield session, state
 
     def generation(self) -> int:
-        """A counter bumped in the same transaction as every change to principals, tokens,
-        groups, silos, grants and adapter versions: compare it to detect a stale cache."""
+        """Return the change counter, bumped in the same transaction as every change to principals,
+        tokens, groups, silos, grants and adapter versions. Compare it to detect a stale cache."""
         with self._read() as session:
             return int(session.scalar(select(RegistryState.generation).where(RegistryState.id == 1)) or 0)
 
@@ -107,7 +107,7 @@ class RegistryCore:
         )
 
     def _record_integrity_failure(self, actor: Principal | str, target: str, error: Exception) -> None:
-        """Append an integrity-failure event in its own transaction; never raises a second error."""
+        """Append an integrity-failure event in its own transaction, logging (not raising) a failure to do so."""
         try:
             with self._write() as (session, state):
                 self._audit(

@@ -32,8 +32,8 @@ FORMAT_VERSION = 1
 NONCE_BYTES = 12
 DATA_KEY_BYTES = 32
 # Blobs are encrypted in one piece, so the whole payload sits in memory twice while it is
-# processed. 256 MiB holds the factors of rank-16 adapters on every linear module of a 7B model
-# (about 100 MB) with room to spare, and stays well below the 1 GB value limit of both SQLite
+# processed. 256 MiB fits the factors of rank-16 adapters on every linear module of a 7B model
+# (about 100 MB, estimated from the module shapes) with room to spare, and stays well below the 1 GB value limit of both SQLite
 # and PostgreSQL.
 MAX_BLOB_BYTES = 256 * 1024 * 1024
 

@@ -68,14 +68,14 @@ def make_engine(url: str) -> Engine:
 
 @contextmanager
 def read_transaction(engine: Engine) -> Iterator[Session]:
-    """A transaction that only reads; it commits nothing."""
+    """Open a transaction that only reads and commits nothing."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
 
 
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[tuple[Session, RegistryState]]:
-    """A transaction that holds the registry's write lock from its first statement.
+    """Open a transaction that takes the registry's write lock before its first read.
 
     Yields the session and the locked state row; commits when the block exits normally.
     """

@@ -25,7 +25,7 @@ class Role(StrEnum):
 
 
 class Permission(StrEnum):
-    """What a grant allows on a silo. ``admin`` implies ``train`` and ``use``; the others imply nothing."""
+    """The permission a grant gives on a silo. ``admin`` implies ``train`` and ``use``; the others imply nothing."""
 
     USE = "use"
     TRAIN = "train"
@@ -48,7 +48,7 @@ class AdapterStatus(StrEnum):
 
 
 class BlobField(StrEnum):
-    """Which encrypted payload of its owner a blob holds."""
+    """The encrypted payload of its owner that a blob contains."""
 
     FACTORS = "factors"
     CONTENT = "content"

@@ -96,7 +96,7 @@ class IdentityMixin(RegistryCore):
             return TenantInfo(tenant.id, tenant.name, tenant.created_at)
 
     def list_tenants(self, actor: Principal) -> list[TenantInfo]:
-        """Every tenant for a registry admin; only the caller's own tenant for anyone else."""
+        """Return every tenant for a registry admin, and only the caller's own tenant for anyone else."""
         with self._read() as session:
             self._check_actor(session, actor)
             query = select(Tenant).order_by(Tenant.name)

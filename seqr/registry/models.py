@@ -2,7 +2,7 @@
 
 Every row that belongs to a tenant carries ``tenant_id`` so that each query can be scoped to one
 tenant. Secret payloads live only in :class:`Blob` (AES-256-GCM ciphertext) and :class:`DataKey`
-(wrapped data keys); nothing here holds a token, a key or a document in plaintext.
+(wrapped data keys); no other table stores a token, a key or a document in plaintext.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class SiloMixin(IdentityMixin):
             return SiloInfo(silo.id, tenant_row.name, name, silo.created_at)
 
     def list_silos(self, actor: Principal, *, tenant: str | None = None) -> list[SiloInfo]:
-        """Every silo of the tenant for its admins; for anyone else only silos it holds a grant on."""
+        """Return every silo of the tenant for its admins, and for anyone else the silos it has a grant on."""
         with self._read() as session:
             self._check_actor(session, actor)
             tenant_row = self._tenant(session, actor, tenant)
@@ -69,7 +69,7 @@ class SiloMixin(IdentityMixin):
             principal_row, group_row = self._grantee(session, tenant_row, principal, group)
             existing = self._find_grant(session, silo_row, permission, principal_row, group_row)
             if existing is not None:
-                raise ConflictError(f"{self._grantee_text(principal, group)} already holds {permission.value} on silo {silo!r}")
+                raise ConflictError(f"{self._grantee_text(principal, group)} already has {permission.value} on silo {silo!r}")
             row = Grant(
                 tenant_id=tenant_row.id,
                 silo_id=silo_row.id,
@@ -106,7 +106,7 @@ class SiloMixin(IdentityMixin):
             principal_row, group_row = self._grantee(session, tenant_row, principal, group)
             row = self._find_grant(session, silo_row, permission, principal_row, group_row)
             if row is None:
-                raise NotFoundError(f"{self._grantee_text(principal, group)} holds no {permission.value} grant on silo {silo!r}")
+                raise NotFoundError(f"{self._grantee_text(principal, group)} has no {permission.value} grant on silo {silo!r}")
             info = GrantInfo(row.id, tenant_row.name, silo, permission, principal, group)
             session.delete(row)
             state.generation += 1

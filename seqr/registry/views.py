@@ -1,4 +1,4 @@
-"""Read-only values the registry API returns; none of them holds a secret except ``CreatedToken.token``."""
+"""Read-only values the registry API returns; none of them contains a secret except ``CreatedToken.token``."""
 
 from __future__ import annotations
 

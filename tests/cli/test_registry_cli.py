@@ -91,7 +91,7 @@ def test_revoke_grant(cli: Cli):
     cli.ok("revoke", "ops", "--user", "carol")
     code, _out, err = cli.run("revoke", "ops", "--user", "carol")
     assert code == 1
-    assert "holds no use grant" in err
+    assert "has no use grant" in err
 
 
 def test_grant_needs_exactly_one_grantee(cli: Cli):
