@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -78,8 +79,41 @@ def build_retention_world(directory: Path, model_dir: Path, database_url: str | 
     return RetentionWorld(registry, admin, created.token, base, directory, clock, documents)
 
 
+@dataclass(frozen=True)
+class WorldTemplate:
+    """A built world, closed, to copy for each test: building it trains two adapters (seconds)."""
+
+    directory: Path
+    admin_token: str
+    base: BaseModel
+    documents: dict[str, list[int]]
+
+
+@pytest.fixture(scope="session")
+def retention_template(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> WorldTemplate:
+    directory = tmp_path_factory.mktemp("retention-template") / "registry"
+    world = build_retention_world(directory, tiny_model_dir)
+    world.registry.close()
+    return WorldTemplate(directory, world.admin_token, world.base, world.documents)
+
+
+def open_world_copy(template: WorldTemplate, directory: Path) -> RetentionWorld:
+    """Copy the template registry (database, keys) to ``directory`` and open it with a fresh clock."""
+    shutil.copytree(template.directory, directory)
+    # registry.json names the SQLite file by absolute path: point the copy at its own database.
+    config = directory / "registry.json"
+    document = json.loads(config.read_text())
+    document["database_url"] = f"sqlite:///{directory.resolve() / 'registry.db'}"
+    config.write_text(json.dumps(document))
+    clock = MutableClock(START)
+    registry = Registry.open(directory, clock=clock)
+    admin = registry.authenticate(template.admin_token)
+    documents = {silo: list(ids) for silo, ids in template.documents.items()}
+    return RetentionWorld(registry, admin, template.admin_token, template.base, directory, clock, documents)
+
+
 @pytest.fixture
-def retention_world(tmp_path: Path, tiny_model_dir: Path):
-    world = build_retention_world(tmp_path / "registry", tiny_model_dir)
+def retention_world(tmp_path: Path, retention_template: WorldTemplate):
+    world = open_world_copy(retention_template, tmp_path / "registry")
     yield world
     world.registry.close()
