@@ -8,7 +8,7 @@ from sqlalchemy import delete, select, update
 from seqr.registry import AuditChainError, Permission
 from seqr.registry.models import AuditEvent
 
-from conftest import World
+from registry_helpers import World
 
 
 def _populate(world: World) -> None:

@@ -10,7 +10,7 @@ from seqr.errors import AdapterFormatError, IntegrityError
 from seqr.registry import codec
 from seqr.routing.factors import AdapterFactors, ModuleFactors
 
-from conftest import MODULES, RANK, make_factors, make_shared_a
+from registry_helpers import MODULES, RANK, make_factors, make_shared_a
 
 
 def test_factors_round_trip():

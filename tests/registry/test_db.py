@@ -8,7 +8,7 @@ from sqlalchemy import event, text
 
 from seqr.registry.db import make_engine, read_transaction, write_transaction
 
-from conftest import World
+from registry_helpers import World
 
 
 def test_sqlite_pragmas_on_every_connection(sqlite_url: str):

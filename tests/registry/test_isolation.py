@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from seqr.errors import NotFoundError, PermissionDeniedError, RegistryError
 from seqr.registry import Permission, Principal, Role
 
-from conftest import World, add_tenant, make_factors
+from registry_helpers import World, add_tenant, make_factors
 
 SILO_STATES = ("none", "training", "active", "replaced")
 _counter = itertools.count()

@@ -12,7 +12,7 @@ from seqr.registry import Registry
 from seqr.registry.models import Blob, DataKey
 from seqr.routing.factors import AdapterFactors, ModuleFactors
 
-from conftest import MODULES, OUT_FEATURES, RANK, World
+from registry_helpers import MODULES, OUT_FEATURES, RANK, World
 
 DOCUMENT_CANARY = b"CANARY-7f3e9a1c-the-quarterly-numbers"
 METADATA_CANARY = "CANARY-meta-51d2"

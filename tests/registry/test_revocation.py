@@ -7,7 +7,7 @@ import pytest
 from seqr.errors import AuthenticationError, NotFoundError
 from seqr.registry import Permission
 
-from conftest import World
+from registry_helpers import World
 
 
 def test_revoked_token_rejected_next_request(world: World):

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from seqr.registry import Registry
 from seqr.registry.models import DataKey
 
-from conftest import World, make_factors
+from registry_helpers import World, make_factors
 
 READERS = 3
 

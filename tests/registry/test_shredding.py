@@ -15,7 +15,7 @@ from seqr.registry.crypto import KeyContext, OwnerKind
 from seqr.registry.enums import BlobField, Permission
 from seqr.registry.models import Blob, DataKey
 
-from conftest import World
+from registry_helpers import World
 
 
 def _snapshot(world: World, version_id: int) -> tuple[DataKey, Blob]:

@@ -10,7 +10,7 @@ from seqr.registry import AuditAction
 from seqr.registry.enums import BlobField
 from seqr.registry.models import Blob, DataKey, Library
 
-from conftest import World, add_tenant, make_factors
+from registry_helpers import World, add_tenant, make_factors
 
 
 def _key_row(world: World, version_id: int) -> DataKey:

@@ -11,7 +11,7 @@ from seqr.errors import AuthenticationError
 from seqr.registry import tokens
 from seqr.registry.models import Token
 
-from conftest import World
+from registry_helpers import World
 
 
 def test_token_shape():
