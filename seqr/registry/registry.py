@@ -106,9 +106,13 @@ class Registry(RetentionMixin, RotationMixin):
             url = f"sqlite:///{database}"
         else:
             url = database_url
-        keys = key_provider if key_provider is not None else FileKeyProvider.create(directory)
         engine = make_engine(url)
         migrations.upgrade(engine)
+        with Session(engine) as session:
+            if session.get(RegistryState, 1) is not None:
+                engine.dispose()
+                raise ConflictError("the database already contains a registry; use a fresh database for `seqr init`")
+        keys = key_provider if key_provider is not None else FileKeyProvider.create(directory)
         registry = cls(engine, keys, clock, directory)
         token = registry._bootstrap(tenant, admin)
         RegistryConfig(url).save(directory)

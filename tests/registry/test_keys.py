@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from seqr.errors import IntegrityError, KeyProviderError
+from seqr.errors import ConflictError, IntegrityError, KeyProviderError
 from seqr.registry import EnvKeyProvider, FileKeyProvider, Registry
 from seqr.registry.keys import MASTER_KEY_VARIABLE, new_key_ref
 
@@ -108,3 +108,11 @@ def test_wrong_master_key_fails_closed(tmp_path: Path):
             reopened.read_document(admin, 1)
     finally:
         reopened.close()
+
+
+def test_init_on_used_database_rejected(tmp_path: Path, database_url: str):
+    first, _token = Registry.init(tmp_path / "first", database_url)
+    first.close()
+    with pytest.raises(ConflictError, match="already contains a registry"):
+        Registry.init(tmp_path / "second", database_url)
+    assert not (tmp_path / "second" / "master.key").exists()
