@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import inspect, select, text
 
 from seqr.registry import Registry
 from seqr.registry.models import Blob, DataKey
@@ -85,3 +85,24 @@ def test_removed_document_ciphertext_overwritten(sqlite_world: World):
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert ciphertext[:64] not in database.read_bytes()
     assert Registry.open(world.directory).generation() > 0
+
+
+def test_no_canary_in_any_column(world: World):
+    """Read every column of every table back through SQL (SQLite and PostgreSQL) and search it."""
+    factors, patterns = _canary_factors()
+    version = world.registry.add_adapter_version(world.admin, "finance", "lib", factors, tenant="acme")
+    world.registry.activate_adapter_version(world.admin, version.id)
+    world.registry.add_document(world.admin, "finance", DOCUMENT_CANARY, metadata={"source": METADATA_CANARY}, tenant="acme")
+    token = world.registry.create_token(world.admin).token
+
+    needles = [DOCUMENT_CANARY, METADATA_CANARY.encode(), token.encode(), *patterns]
+    binary_values = 0
+    with world.registry.engine.connect() as connection:
+        for table in inspect(connection).get_table_names():
+            for row in connection.execute(text(f'SELECT * FROM "{table}"')):
+                for value in row:
+                    data = bytes(value) if isinstance(value, (bytes, memoryview)) else str(value).encode()
+                    binary_values += isinstance(value, (bytes, memoryview))
+                    for needle in needles:
+                        assert needle not in data, f"plaintext {needle[:16]!r} found in table {table}"
+    assert binary_values >= 3, "the search should have seen the ciphertext and wrapped-key columns"
