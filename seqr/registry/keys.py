@@ -6,8 +6,8 @@ supplies
 - master key versions (32 bytes each, numbered from 1); the highest is the current one, used for
   new wraps, and ``keys rotate`` adds one;
 - shred keys (32 bytes each, one per adapter version or document, named by a ``key_ref``), kept
-  in a key store outside the database so that deleting one makes every copy of the database
-  unable to unwrap that object's data key.
+  in a key store outside the database. Deleting one leaves every copy of the database unable to
+  unwrap that object's data key.
 
 :class:`FileKeyProvider` keeps both in the registry directory (``master.key`` and ``keystore/``);
 :class:`EnvKeyProvider` reads the master key versions from an environment variable and keeps the
@@ -79,7 +79,7 @@ def _decode_versions(text: str, source: str) -> dict[int, bytes]:
             '{"versions": {"1": "<base64 of 32 bytes>"}}'
         ) from error
     if not versions:
-        raise KeyProviderError(f"{source} holds no master key version")
+        raise KeyProviderError(f"{source} contains no master key version; add one as {{\"versions\": {{\"1\": ...}}}}")
     for number, key in versions.items():
         if len(key) != KEY_BYTES or number < 1:
             raise KeyProviderError(f"{source}: master key version {number} is not {KEY_BYTES} bytes")

@@ -52,6 +52,8 @@ class RotationMixin(DocumentMixin):
             pending = self._pending(session, current)
             resumed = pending > 0
             if not resumed:
+                # NOTE: the earlier master versions stay in the key provider (readers and the
+                # audit chain of older events need them), so rotation does not revoke them.
                 current = self.keys.add_master_version()
                 pending = self._pending(session, current)
             self._audit(session, state, actor, AuditAction.KEYS_ROTATE, f"master key version {current}",

@@ -84,9 +84,8 @@ def test_database_file_copied_before_destroy_cannot_decrypt(sqlite_world: World,
         source.backup(target)
     world.registry.destroy_adapter_version(world.admin, old)
 
-    # The copy still has the version, its blobs and wrapped key, and even its own key store, but
-    # its key store is the one from before; point it at the live key store, which is what an
-    # attacker who steals an old database file later would hold.
+    # The copy still has the version, its blobs and its wrapped key. Give it the live key store:
+    # an attacker who steals an old database file later holds that one, not the old key store.
     shutil.rmtree(copy / "keystore")
     shutil.copytree(world.directory / "keystore", copy / "keystore")
     (copy / "registry.json").write_text(f'{{"database_url": "sqlite:///{copy / "registry.db"}"}}')
