@@ -26,6 +26,7 @@ def routing(
     ] = "10,100,1000",
     layer: Annotated[bool, typer.Option("--layer/--no-layer", help="Run the routed-layer comparison with PEFT.")] = True,
     layer_setting: Annotated[str, typer.Option(help="Layer shape for the PEFT comparison (a --setting name).")] = "smollm2",
+    threads: Annotated[int | None, typer.Option(min=1, help="Torch intra-op threads (default: torch's choice).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Time select(x) per method (us and FLOPs per token, ratio to SEQR, matmul floor) and one routed layer against PEFT.
@@ -42,6 +43,7 @@ def routing(
         repeats=repeats,
         layer_adapter_counts=counts,
         layer_setting=layer_setting,
+        threads=threads,
     )
     typer.echo(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
 

@@ -6,6 +6,7 @@ machine's state. FLOP counts come from :meth:`Router.flops_per_token` (a multipl
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import platform
@@ -219,8 +220,9 @@ def benchmark_selection(
 def _peak_memory_mib(call: Callable[[], object], device: torch.device) -> float:
     """Return the peak memory ``call`` adds above what is in use before it, in MiB.
 
-    CUDA: the allocator's peak. CPU: the process's peak resident set (VmHWM, reset through
-    /proc/self/clear_refs), so it also counts allocator slack and is Linux only.
+    CUDA: the allocator's peak. CPU: the rise of the process's peak resident set (VmHWM, reset
+    through /proc/self/clear_refs) after glibc's ``malloc_trim`` has returned free heap pages, so
+    that reused free memory also counts. Linux only; it includes allocator slack.
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -232,10 +234,20 @@ def _peak_memory_mib(call: Callable[[], object], device: torch.device) -> float:
     status = Path("/proc/self/status")
     if not status.is_file():
         return float("nan")
+    _trim_heap()
     Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
     before = _status_kib(status, "VmRSS")
     call()
     return (_status_kib(status, "VmHWM") - before) / 1024
+
+
+def _trim_heap() -> None:
+    """Return free heap memory to the kernel (glibc's malloc_trim); a no-op without glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        logger.debug("malloc_trim is unavailable; peak memory may miss reused free memory")
 
 
 def _status_kib(status: Path, key: str) -> int:
@@ -306,17 +318,23 @@ def run_routing_benchmark(
     repeats: int = 5,
     layer_adapter_counts: Sequence[int] = (10, 100, 1000),
     layer_setting: str = "smollm2",
+    threads: int | None = None,
 ) -> RoutingBenchmarkReport:
     """Run the selection benchmark for each named setting, then the layer comparison with PEFT.
 
-    An empty ``layer_adapter_counts`` skips the layer comparison. Raises
-    :class:`InvalidInputError` for an unknown setting or device.
+    An empty ``layer_adapter_counts`` skips the layer comparison. ``threads`` sets torch's
+    intra-op thread count for the run (default: leave it). Raises :class:`InvalidInputError` for
+    an unknown setting or device.
     """
     unknown = [name for name in [*setting_names, layer_setting] if name not in SETTINGS]
     if unknown:
         raise InvalidInputError(f"unknown benchmark setting {unknown[0]!r}; use one of: {', '.join(SETTINGS)}")
     if repeats < 1:
         raise InvalidInputError(f"repeats must be at least 1, got {repeats}")
+    if threads is not None:
+        if threads < 1:
+            raise InvalidInputError(f"threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
     target = torch.device(device)
     if target.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(f"device {device!r} was requested but CUDA is not available; use --device cpu")

@@ -16,7 +16,11 @@ SHAPES = [
     pytest.param(60, 16, 128, 16, 32, id="N60-r16-m-equals-r"),
     pytest.param(5, 1, 10, 3, 20, id="N5-r1"),
 ]
-DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.bfloat16, id="bfloat16")]
+DTYPES = [
+    pytest.param(torch.float32, id="float32"),
+    pytest.param(torch.bfloat16, id="bfloat16"),
+    pytest.param(torch.float16, id="float16"),
+]
 
 
 def _library(
