@@ -28,7 +28,7 @@ user_app = typer.Typer(help="Create, list, disable and enable principals.", no_a
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 group_app = typer.Typer(help="Create groups and change their members.", no_args_is_help=True)
 silo_app = typer.Typer(help="Create and list silos.", no_args_is_help=True)
-adapter_app = typer.Typer(help="List adapter versions.", no_args_is_help=True)
+adapter_app = typer.Typer(help="Manage the adapter versions of silos.", no_args_is_help=True)
 audit_app = typer.Typer(help="Read and verify the audit log.", no_args_is_help=True)
 keys_app = typer.Typer(help="Operate on the master key (needs the key file or $SEQR_MASTER_KEY).", no_args_is_help=True)
 db_app = typer.Typer(help="Operate on the database schema.", no_args_is_help=True)
@@ -338,6 +338,33 @@ def adapter_list(
     emit(ctx, as_json, versions, [
         f"{v.id}\t{v.silo}\t{v.library}@{v.number}\t{v.status.value}" for v in versions
     ])
+
+
+VersionArgument = Annotated[int, typer.Argument(help="Adapter version id, as shown by `seqr adapter list`.")]
+
+
+@adapter_app.command("activate")
+def adapter_activate(ctx: typer.Context, version_id: VersionArgument, as_json: JsonFlag = False) -> None:
+    """Make a version active; the silo's previously active version of its library is retired."""
+    with caller(ctx) as (registry, actor):
+        info = registry.activate_adapter_version(actor, version_id)
+    emit(ctx, as_json, info, [f"activated {info.tenant}/{info.silo}/{info.library}@{info.number}"])
+
+
+@adapter_app.command("retire")
+def adapter_retire(ctx: typer.Context, version_id: VersionArgument, as_json: JsonFlag = False) -> None:
+    """Retire a version: it is no longer routed to, but can be activated again."""
+    with caller(ctx) as (registry, actor):
+        info = registry.retire_adapter_version(actor, version_id)
+    emit(ctx, as_json, info, [f"retired {info.tenant}/{info.silo}/{info.library}@{info.number}"])
+
+
+@adapter_app.command("destroy")
+def adapter_destroy(ctx: typer.Context, version_id: VersionArgument, as_json: JsonFlag = False) -> None:
+    """Destroy a version that is not active by crypto-shredding its keys. This cannot be undone."""
+    with caller(ctx) as (registry, actor):
+        info = registry.destroy_adapter_version(actor, version_id)
+    emit(ctx, as_json, info, [f"destroyed {info.tenant}/{info.silo}/{info.library}@{info.number}"])
 
 
 @audit_app.command("list")

@@ -8,9 +8,12 @@ import stat
 from pathlib import Path
 
 import pytest
+import torch
 
 from seqr.cli.main import main
 from seqr.cli.registry_commands import parse_duration
+from seqr.registry import Registry
+from seqr.routing.factors import AdapterFactors, ModuleFactors
 
 
 class Cli:
@@ -36,6 +39,7 @@ class Cli:
 
     def login(self, token: str) -> None:
         self.monkeypatch.setenv("SEQR_TOKEN", token)
+        self.token = token
 
 
 @pytest.fixture
@@ -149,3 +153,25 @@ def test_parse_duration(text: str, seconds: int):
 def test_parse_duration_rejects(text: str):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_adapter_lifecycle_commands(cli: Cli):
+    cli.ok("silo", "create", "ops")
+    module = "model.layers.0.mlp.up_proj"
+    with Registry.open(cli.home) as registry:
+        admin = registry.authenticate(cli.token)
+        registry.add_library(admin, "lib", base_model_fingerprint="m", target_modules=["up_proj"], rank=2, alpha=4.0,
+                             seed=0, shared_a={module: torch.randn(2, 8)})
+        factors = AdapterFactors({module: ModuleFactors.from_b(torch.randn(8, 2), mu=1.0, sigma=1.0)})
+        first = registry.add_adapter_version(admin, "ops", "lib", factors).id
+        second = registry.add_adapter_version(admin, "ops", "lib", factors).id
+
+    assert cli.json("adapter", "activate", str(first))["status"] == "active"
+    assert cli.json("adapter", "activate", str(second))["status"] == "active"
+    statuses = {v["id"]: v["status"] for v in cli.json("adapter", "list")}
+    assert statuses == {first: "retired", second: "active"}
+    code, _out, err = cli.run("adapter", "destroy", str(second))
+    assert code == 1
+    assert "is active" in err
+    assert cli.json("adapter", "destroy", str(first))["status"] == "destroyed"
+    assert cli.json("adapter", "retire", str(second))["status"] == "retired"
