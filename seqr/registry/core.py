@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
+_RANK = {Role.MEMBER: 0, Role.TENANT_ADMIN: 1, Role.REGISTRY_ADMIN: 2}
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -151,6 +153,15 @@ class RegistryCore:
         if not self._is_admin_of(actor, tenant.id):
             raise PermissionDeniedError(
                 f"{actor.describe()} may not {what} in tenant {tenant.name!r}: it needs the tenant_admin role"
+            )
+
+    @staticmethod
+    def _require_rank(actor: Principal, target: PrincipalRow, what: str) -> None:
+        """Reject acting on a principal whose role outranks the caller's (no escalation by impersonation)."""
+        if actor.id != target.id and _RANK[target.role] > _RANK[actor.role]:
+            raise PermissionDeniedError(
+                f"{actor.describe()} may not {what} principal {target.name!r}: its role {target.role.value} "
+                f"outranks {actor.role.value}"
             )
 
     def _silo(self, session: Session, tenant: Tenant, name: str) -> Silo:

@@ -141,6 +141,7 @@ class IdentityMixin(RegistryCore):
             tenant_row = self._tenant(session, actor, tenant)
             self._require_admin(actor, tenant_row, "disable principals")
             row = self._principal(session, tenant_row, name)
+            self._require_rank(actor, row, "disable or enable")
             if row.id == actor.id and disabled:
                 raise ConflictError("a principal may not disable itself; ask another admin")
             row.disabled = disabled
@@ -188,6 +189,7 @@ class IdentityMixin(RegistryCore):
             owner = self._principal(session, tenant_row, principal or actor.name)
             if owner.id != actor.id:
                 self._require_admin(actor, tenant_row, "create tokens for other principals")
+                self._require_rank(actor, owner, "create a token for")
             row, secret = self._issue_token(session, owner, expires_in)
             state.generation += 1
             self._audit(
@@ -220,6 +222,7 @@ class IdentityMixin(RegistryCore):
             visible = owner is not None and (owner.id == actor.id or self._is_admin_of(actor, owner.tenant_id))
             if row is None or owner is None or not visible:
                 raise NotFoundError(f"token {public_id!r} not found; list tokens with `seqr token list`")
+            self._require_rank(actor, owner, "revoke a token of")
             tenant_row = session.get(Tenant, owner.tenant_id)
             assert tenant_row is not None
             if row.revoked_at is None:

@@ -179,3 +179,18 @@ def test_member_sees_forbidden_silo_as_missing(world: World):
         lambda: world.registry.list_documents(alice, "finance"),
         lambda: world.registry.list_documents(alice, "no-such-silo"),
     )
+
+
+def test_tenant_admin_cannot_impersonate_registry_admin(world: World):
+    """A tenant admin of the first admin's tenant may not mint tokens for, disable or revoke it."""
+    world.registry.create_principal(world.admin, "deputy", tenant="default", role=Role.TENANT_ADMIN)
+    deputy = world.registry.authenticate(world.registry.create_token(world.admin, "deputy", tenant="default").token)
+    with pytest.raises(PermissionDeniedError, match="outranks"):
+        world.registry.create_token(deputy, "admin")
+    with pytest.raises(PermissionDeniedError, match="outranks"):
+        world.registry.set_principal_disabled(deputy, "admin", True)
+    admin_token = world.registry.list_tokens(world.admin, "admin")[0].public_id
+    with pytest.raises(PermissionDeniedError, match="outranks"):
+        world.registry.revoke_token(deputy, admin_token)
+    with pytest.raises(PermissionDeniedError):
+        world.registry.create_principal(deputy, "root2", role=Role.REGISTRY_ADMIN)
