@@ -74,13 +74,20 @@ def read_transaction(engine: Engine) -> Iterator[Session]:
 
 
 @contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """Open a transaction that starts with ``BEGIN IMMEDIATE`` on SQLite; commits on normal exit."""
+    write_engine = engine.execution_options(**{_WRITE_OPTION: True})
+    with Session(write_engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+@contextmanager
 def write_transaction(engine: Engine) -> Iterator[tuple[Session, RegistryState]]:
     """Open a transaction that takes the registry's write lock before its first read.
 
     Yields the session and the locked state row; commits when the block exits normally.
     """
-    write_engine = engine.execution_options(**{_WRITE_OPTION: True})
-    with Session(write_engine, expire_on_commit=False) as session, session.begin():
+    with write_session(engine) as session:
         yield session, lock_state(session)
 
 

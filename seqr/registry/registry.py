@@ -24,7 +24,7 @@ from seqr.errors import ConflictError, NotFoundError, PermissionDeniedError, Reg
 from seqr.registry import audit
 from seqr.registry.audit import AuditRecord, AuditReport, GENESIS_HASH
 from seqr.registry.core import Clock, utc_now
-from seqr.registry.db import make_engine
+from seqr.registry.db import make_engine, write_session
 from seqr.registry.enums import AuditAction, PrincipalKind, Role
 from seqr.registry.identity import token_info
 from seqr.registry.keys import MASTER_KEY_VARIABLE, EnvKeyProvider, FileKeyProvider, KeyProvider, KEY_STORE_DIR
@@ -120,7 +120,7 @@ class Registry(RetentionMixin, RotationMixin):
         return registry, token
 
     def _bootstrap(self, tenant_name: str, admin_name: str) -> CreatedToken:
-        with Session(self.engine) as session, session.begin():
+        with write_session(self.engine) as session:
             if session.get(RegistryState, 1) is not None:
                 raise ConflictError("the database already contains a registry; use a fresh database for `seqr init`")
             session.add(RegistryState(id=1, generation=0, audit_head=GENESIS_HASH))
