@@ -128,6 +128,8 @@ class RetentionJob:
         started = time.perf_counter()
         with HeldLock(self.registry, RETENTION_LOCK, self.lease) as lock:
             summary = RetentionSummary(run_id=None, dry_run=False, took_over_lock=lock.took_over)
+            # Finishes a destroy or removal that was killed after its status change; writes only then.
+            self.registry.finish_destruction()
             plan = plan_retention(self.registry, self.actor, tenant=self.tenant)
             summary.documents_held = [document.id for document in plan.held]
             if plan.is_empty():
@@ -148,7 +150,6 @@ class RetentionJob:
             return summary
 
     def _work(self, plan: RetentionPlan, summary: RetentionSummary, lock: HeldLock) -> None:
-        self.registry.finish_destruction()
         for ref in plan.destroy:
             lock.check()
             self._destroy(ref, summary)
@@ -289,8 +290,7 @@ def remove_now(
     pending). The adapters trained on the documents keep serving until the next retention run
     replaces them.
     """
-    policy = registry.retention_policy(actor, silo, tenant=tenant)
-    if policy.legal_hold:
+    if registry.retention_policy(actor, silo, tenant=tenant).legal_hold:
         raise ConflictError(
             f"silo {silo!r} is under a legal hold, so its documents cannot be removed now; the removal requests "
             "are recorded and the retention run processes them once the hold is lifted"

@@ -192,6 +192,8 @@ def test_legal_hold_blocks_deletion(retention_world):
     assert world.active_version("finance").id == old.id
     with pytest.raises(ConflictError, match="legal hold"):
         remove_now(world.registry, world.admin, "finance", [held])
+    with pytest.raises(ConflictError, match="legal hold"):
+        world.registry.remove_document(world.admin, held)
     assert verify_retention(world.registry, world.admin).documents_held == [held]
 
     world.registry.set_retention_policy(world.admin, "finance", legal_hold=False)
