@@ -1,11 +1,11 @@
 """`seqr demo`: the whole system, end to end, on real text found on this machine.
 
-Steps: a fresh registry; SmolLM2-135M-Instruct loaded offline; a tenant with three silos of real
-text (part of each held out); one adapter per silo trained and calibrated; users with different
-grants; as each user, routing of every silo's held-out text and a short generation, with a check
-that no token at any layer went to an adapter outside the user's grants; an erasure request in one
-silo handled by the retention job (retrain, activate, destroy); the audit trail.
-"""
+The demo creates a fresh registry and loads SmolLM2-135M-Instruct offline. It creates a tenant
+with three silos of real text, holds part of each silo out, and trains and calibrates one adapter
+per silo. Then it creates users with different grants. As each user it routes every silo's
+held-out text, checks that no token at any layer went to an adapter outside the user's grants,
+and generates a short completion. Finally the retention job handles an erasure request in one
+silo (retrain, activate, destroy) and the audit trail is printed."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ Echo = Callable[[str], None]
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo runs on; the defaults finish in a few minutes on a 2-core CPU."""
+    """Settings of a demo run; docs/benchmarks.md records how long the defaults take on a 2-core CPU."""
 
     directory: Path = Path("seqr-demo")
     data_dir: Path | None = None

@@ -40,6 +40,7 @@ def build_world(directory: Path, model_dir: Path) -> World:
     registry.add_library(
         admin, "main", base_model_fingerprint=base.fingerprint, target_modules=list(library.module_names),
         rank=library.rank, alpha=library.alpha, seed=library.seed, shared_a=library.a,
+        base_model_source=str(model_dir),
     )
     for silo, texts in SILO_TEXTS.items():
         registry.create_silo(admin, silo)
