@@ -40,14 +40,22 @@ class CalibrationTokens(enum.StrEnum):
     ALL = "all"
 
 
-def token_mask(batch: Batch, tokens: CalibrationTokens) -> torch.Tensor:
-    """Return the (batch, sequence) bool mask of the tokens that ``tokens`` selects."""
+def token_mask(batch: Batch, tokens: CalibrationTokens, *, skip_leading: int = 0) -> torch.Tensor:
+    """Return the (batch, sequence) bool mask of the tokens that ``tokens`` selects.
+
+    ``skip_leading`` drops the first tokens of every sequence, whatever ``tokens`` selects.
+    """
     real = batch.attention_mask.bool()
     if tokens is CalibrationTokens.PROMPT:
-        return batch.prompt_mask & real
-    if tokens is CalibrationTokens.COMPLETION:
-        return batch.target_mask & real
-    return real
+        mask = batch.prompt_mask & real
+    elif tokens is CalibrationTokens.COMPLETION:
+        mask = batch.target_mask & real
+    else:
+        mask = real
+    if skip_leading > 0:
+        mask = mask.clone()
+        mask[:, :skip_leading] = False
+    return mask
 
 
 @dataclass
@@ -78,12 +86,14 @@ def calibrate(
     examples: Sequence[Example],
     *,
     tokens: CalibrationTokens = CalibrationTokens.PROMPT,
+    skip_leading: int = 0,
     batch_size: int = 8,
     max_length: int = 512,
     precision: Precision = Precision.AUTO,
 ) -> dict[str, tuple[float, float]]:
     """Return (mu, sigma) of ||B A x|| per module over the selected tokens of ``examples``.
 
+    ``skip_leading`` leaves out the first tokens of every sequence (see :func:`token_mask`).
     sigma is the population standard deviation, floored at MIN_SIGMA. Norms are computed in
     float32 from each module's input. Raises TrainingError when no token is selected.
     """
@@ -105,7 +115,7 @@ def calibrate(
             pairs = [encode_pair(tokenizer, *training_pair(example), max_length=max_length) for example in examples]
             for start in range(0, len(pairs), batch_size):
                 batch = collate(pairs[start : start + batch_size], pad_token_id=tokenizer.pad_token_id).to(device)
-                mask_holder["mask"] = token_mask(batch, tokens)
+                mask_holder["mask"] = token_mask(batch, tokens, skip_leading=skip_leading)
                 with autocast(precision, device):
                     model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, logits_to_keep=1)
         finally:

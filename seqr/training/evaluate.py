@@ -27,12 +27,11 @@ from seqr.training.adapter_file import load_adapter, save_adapter
 from seqr.training.base_model import BaseModel
 from seqr.training.data import ChoiceExample, CompletionExample, Example, example_to_json
 from seqr.training.library import Library, create_library
-from seqr.training.precision import autocast
+from seqr.training.precision import Precision, autocast
 from seqr.training.presets import LibraryConfig, TrainingConfig
 from seqr.training.routing_stats import NormTally, RoutingTally, module_statistics
-from seqr.training.scoring import ChoiceBatch, choice_batches, correct_choices, mean_target_logprob
-from seqr.training.batching import target_logits
-from seqr.training.train import TrainedAdapter, train_adapter
+from seqr.training.scoring import EncodedChoices, PromptState, choice_scores, encode_choices, run_prompt
+from seqr.training.train import TrainedAdapter, calibrated_adapter, train_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -78,15 +77,13 @@ class EvalTask:
 class EvalSettings:
     """Everything besides the tasks and the base model that an evaluation run depends on.
 
-    ``lag_k`` is LAG's ARROW filter size. ``max_rows`` bounds the (prompt, choice) rows per
-    forward pass. ``adapters_dir`` caches trained adapters by a hash of their training inputs.
+    ``lag_k`` is LAG's ARROW filter size. ``adapters_dir`` caches trained adapters by a hash of their training inputs.
     """
 
     library: LibraryConfig = field(default_factory=LibraryConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     routers: tuple[RouterSpec, ...] = DEFAULT_ROUTERS
     lag_k: int = 3
-    max_rows: int = 16
     adapters_dir: Path | None = None
     heatmap_dir: Path | None = None
 
@@ -109,9 +106,14 @@ def as_choice_examples(name: str, examples: Sequence[Example]) -> list[ChoiceExa
     return [ChoiceExample(e.prompt, tuple(labels), labels.index(e.completion)) for e in examples]  # type: ignore[union-attr]
 
 
+_CALIBRATION_FIELDS = ("calibration_tokens", "calibration_skip_leading")
+
+
 def _adapter_key(task: EvalTask, library: Library, training: TrainingConfig) -> str:
+    """Hash what determines B: the task's training examples, the library and the training settings."""
+    settings = {key: value for key, value in asdict(training).items() if key not in _CALIBRATION_FIELDS}
     digest = hashlib.sha256()
-    digest.update(json.dumps([task.name, library.fingerprint, library.base_fingerprint, asdict(training)], default=str).encode())
+    digest.update(json.dumps([task.name, library.fingerprint, library.base_fingerprint, settings], default=str).encode())
     for example in task.train:
         digest.update(json.dumps(example_to_json(example), sort_keys=True).encode())
     return digest.hexdigest()[:16]
@@ -120,25 +122,34 @@ def _adapter_key(task: EvalTask, library: Library, training: TrainingConfig) -> 
 def train_or_load(
     base: BaseModel, library: Library, task: EvalTask, training: TrainingConfig, adapters_dir: Path | None, *, progress: bool
 ) -> TrainedAdapter:
-    """Return the task's adapter from ``adapters_dir`` when the same inputs trained it, else train it."""
-    path = None if adapters_dir is None else adapters_dir / f"{task.name}-{_adapter_key(task, library, training)}.safetensors"
-    if path is not None and path.is_file():
+    """Return the task's adapter from ``adapters_dir`` when the same inputs trained it, else train it.
+
+    A cached adapter with other calibration settings keeps its B and is calibrated again.
+    """
+    if adapters_dir is None:
+        return train_adapter(base, library, task.train, training, progress=progress)
+    key = _adapter_key(task, library, training)
+    calibration = f"{training.calibration_tokens.value}{training.calibration_skip_leading}"
+    path = adapters_dir / f"{task.name}-{key}-{calibration}.safetensors"
+    if path.is_file():
         logger.info("reusing the %s adapter from %s", task.name, path)
         return load_adapter(path)
-    logger.info("training the %s adapter on %d examples", task.name, len(task.train))
-    adapter = train_adapter(base, library, task.train, training, progress=progress)
-    if path is not None:
-        save_adapter(adapter, path)
+    others = sorted(adapters_dir.glob(f"{task.name}-{key}-*.safetensors"))
+    if others:
+        logger.info("recalibrating the %s adapter from %s", task.name, others[0])
+        cached = load_adapter(others[0])
+        b = {name: factors.b() for name, factors in cached.factors.modules.items()}
+        adapter = calibrated_adapter(base, library, b, task.train, training, cached.metrics)
+    else:
+        logger.info("training the %s adapter on %d examples", task.name, len(task.train))
+        adapter = train_adapter(base, library, task.train, training, progress=progress)
+    save_adapter(adapter, path)
     return adapter
 
 
-def _choice_scores(base: BaseModel, routed: RoutedModel, chunk: ChoiceBatch, training: TrainingConfig) -> torch.Tensor:
-    """Run the routed model on ``chunk`` and return each row's mean target log-probability (rows,)."""
-    device = next(base.model.parameters()).device
-    batch = chunk.batch.to(device)
-    with routed.choose_from(batch.prompt_mask.long()), autocast(training.precision, device):
-        logits, targets, rows = target_logits(base.model, batch)
-    return mean_target_logprob(logits.cpu(), targets.cpu(), rows.cpu(), batch.input_ids.shape[0])
+def _is_correct(base: BaseModel, encoded: EncodedChoices, state: PromptState, example: ChoiceExample) -> bool:
+    scores = choice_scores(base.model, encoded, state)
+    return int(torch.argmax(scores)) == example.answer
 
 
 @dataclass
@@ -200,24 +211,33 @@ def _evaluate_task(
     base: BaseModel, routed: RoutedModel, task: EvalTask, own: int, label: str, spec: RouterSpec,
     settings: EvalSettings, result: _TaskResult, heat: NormTally, statistics: dict, num_layers: int,
 ) -> None:
+    """Score every test example of ``task`` under one attachment; record accuracy and routing tallies."""
+    device = next(base.model.parameters()).device
     is_oracle = label == "oracle"
     track_naive = spec.method is RoutingMethod.SEQR and spec.use_calibration and spec.granularity is Granularity.TOKEN
     correct: dict[str, list[bool]] = {"base": [], label: []} if is_oracle else {label: []}
     tally = RoutingTally(len(routed.adapter_ids), num_layers)
-    for chunk in choice_batches(base.tokenizer, task.test, max_length=settings.training.max_length, max_rows=settings.max_rows):
-        if is_oracle:
-            with routed.base():
-                correct["base"] += correct_choices(_choice_scores(base, routed, chunk, settings.training), chunk, task.test)
-            with routed.forced(task.name):
-                correct[label] += correct_choices(_choice_scores(base, routed, chunk, settings.training), chunk, task.test)
-            continue
-        with routed.capture(reference_methods=["naive"] if track_naive else ()) as trace:
-            scores = _choice_scores(base, routed, chunk, settings.training)
-        correct[label] += correct_choices(scores, chunk, task.test)
+    precision = settings.training.precision
+    if spec.method is RoutingMethod.LAG:
+        # NOTE: seqr.routing's LAG scoring fails under bfloat16 autocast (it writes bfloat16 norms into a
+        # float32 tensor), so LAG passes run in float32.
+        precision = Precision.FLOAT32
+    for example in task.test:
+        encoded = encode_choices(base.tokenizer, example, max_length=settings.training.max_length)
+        with autocast(precision, device):
+            if is_oracle:
+                with routed.base():
+                    correct["base"].append(_is_correct(base, encoded, run_prompt(base.model, encoded), example))
+                with routed.forced(task.name):
+                    correct[label].append(_is_correct(base, encoded, run_prompt(base.model, encoded), example))
+                continue
+            with routed.capture(reference_methods=["naive"] if track_naive else ()) as trace:
+                state = run_prompt(base.model, encoded)
+            correct[label].append(_is_correct(base, encoded, state, example))
         if spec.method is RoutingMethod.MU:
             continue
-        rows = chunk.first_rows
-        mask = chunk.batch.prompt_mask[rows] & chunk.batch.attention_mask[rows].bool()
+        rows = torch.zeros(1, dtype=torch.long)
+        mask = torch.ones(1, encoded.prompt_ids.shape[1], dtype=torch.bool)
         tally.add(trace, rows, mask, own)
         if track_naive:
             heat.add(trace, rows, mask, statistics)

@@ -22,7 +22,10 @@ class LibraryConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Optimisation settings for training one adapter's B matrices."""
+    """Optimisation settings for training one adapter's B matrices, and how it is calibrated.
+
+    ``calibration_skip_leading`` leaves the first tokens of every sequence out of calibration.
+    """
 
     epochs: int = 2
     batch_size: int = 8
@@ -33,6 +36,7 @@ class TrainingConfig:
     max_length: int = 512
     precision: Precision = Precision.AUTO
     calibration_tokens: CalibrationTokens = CalibrationTokens.PROMPT
+    calibration_skip_leading: int = 0
     seed: int = 0
 
 

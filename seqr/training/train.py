@@ -134,11 +134,11 @@ def _step_loss(model: nn.Module, batch: Batch, config: TrainingConfig, device: t
     return nn.functional.cross_entropy(logits.float(), targets)
 
 
-def train_adapter(
-    base: BaseModel, library: Library, examples: Sequence[Example], config: TrainingConfig, *, progress: bool = True
+def calibrated_adapter(
+    base: BaseModel, library: Library, b: dict[str, torch.Tensor], examples: Sequence[Example], config: TrainingConfig,
+    metrics: dict[str, float],
 ) -> TrainedAdapter:
-    """Train, calibrate on the same examples and factor B = Q R; see :func:`train_b`."""
-    b, metrics = train_b(base, library, examples, config, progress=progress)
+    """Calibrate trained B matrices on ``examples`` as ``config`` says and factor them as Q R."""
     started = time.perf_counter()
     statistics = calibrate(
         base.model,
@@ -147,11 +147,12 @@ def train_adapter(
         b,
         examples,
         tokens=config.calibration_tokens,
+        skip_leading=config.calibration_skip_leading,
         batch_size=config.batch_size,
         max_length=config.max_length,
         precision=config.precision,
     )
-    metrics["calibration_seconds"] = time.perf_counter() - started
+    metrics = {**metrics, "calibration_seconds": time.perf_counter() - started}
     modules = {
         name: ModuleFactors.from_b(b[name], mu=statistics[name][0], sigma=statistics[name][1]) for name in library.module_names
     }
@@ -161,3 +162,11 @@ def train_adapter(
         a_fingerprint=library.fingerprint,
         metrics=metrics,
     )
+
+
+def train_adapter(
+    base: BaseModel, library: Library, examples: Sequence[Example], config: TrainingConfig, *, progress: bool = True
+) -> TrainedAdapter:
+    """Train, calibrate on the same examples and factor B = Q R; see :func:`train_b`."""
+    b, metrics = train_b(base, library, examples, config, progress=progress)
+    return calibrated_adapter(base, library, b, examples, config, metrics)
