@@ -19,7 +19,7 @@ def routing(
         typer.Option("--setting", help=f"Library shape to time select(x) on; repeat for several. One of: {', '.join(SETTINGS)}."),
     ] = None,
     device: Annotated[str, typer.Option(help="Torch device, for example cpu or cuda.")] = "cpu",
-    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per measurement; the median is reported.")] = 5,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per measurement; the fastest and the median are reported.")] = 7,
     layer_adapters: Annotated[
         str,
         typer.Option(help="Comma-separated adapter counts for the routed-layer comparison with PEFT's Arrow."),

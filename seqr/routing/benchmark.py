@@ -1,7 +1,8 @@
 """The routing benchmark behind ``seqr bench routing``: selection cost per method, and one routed layer against PEFT.
 
-Times are medians over repeats, measured in one process, so ratios between methods share the
-machine's state. FLOP counts come from :meth:`Router.flops_per_token` (a multiply-add counts 2).
+Each time is the fastest of several repeats (the median is reported too), measured in one
+process with the methods interleaved, so ratios between methods share the machine's state. The
+fastest run is the one least disturbed by other processes on a shared machine. FLOP counts come from :meth:`Router.flops_per_token` (a multiply-add counts 2).
 """
 
 from __future__ import annotations
@@ -57,9 +58,12 @@ SETTINGS: dict[str, BenchmarkSetting] = {
 
 @dataclass(frozen=True)
 class MethodTiming:
+    """Time of ``select(x)`` per token: the fastest repeat, and the median of all repeats."""
+
     us_per_token: float
     flops_per_token: int
     ratio_to_seqr: float
+    median_us_per_token: float
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class LayerResult:
     n_adapters: int
     ms_per_forward: float
     peak_memory_mib: float
+    median_ms_per_forward: float
 
 
 @dataclass
@@ -135,26 +140,12 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(call: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3) -> float:
-    """Return the median wall time of ``call`` over ``repeats`` runs, after ``warmup`` untimed runs."""
-    for _ in range(warmup):
-        call()
-    _synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def matmul_flops_per_second(device: torch.device, repeats: int, size: int = FLOOR_MATMUL_SIZE) -> float:
     """Measure the dense float32 matrix-multiply rate on a (size x size) product."""
     generator = torch.Generator(device="cpu").manual_seed(0)
     left = torch.randn(size, size, generator=generator).to(device)
     right = torch.randn(size, size, generator=generator).to(device)
-    seconds = median_seconds(lambda: left @ right, device, repeats)
+    seconds = interleaved_seconds({"matmul": lambda: left @ right}, device, repeats)["matmul"].best
     return 2 * size**3 / seconds
 
 
@@ -169,10 +160,16 @@ def random_library(setting: BenchmarkSetting, device: torch.device, seed: int = 
     return factors, x.to(device)
 
 
-def interleaved_median_seconds(
-    calls: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 3
-) -> dict[str, float]:
-    """Return the median wall time of each call, timing one call of each per round.
+@dataclass(frozen=True)
+class Timing:
+    best: float
+    median: float
+
+
+def interleaved_seconds(
+    calls: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 2
+) -> dict[str, Timing]:
+    """Return the fastest and the median wall time of each call, timing one call of each per round.
 
     Interleaving spreads load from other processes over all calls alike, which keeps the ratios
     between them meaningful on a shared machine.
@@ -188,7 +185,7 @@ def interleaved_median_seconds(
             call()
             _synchronize(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: Timing(best=min(values), median=statistics.median(values)) for name, values in times.items()}
 
 
 def benchmark_selection(
@@ -204,15 +201,21 @@ def benchmark_selection(
         method: build_router(factors, RoutingConfig(method=method, lag_k=min(setting.lag_k, setting.n_adapters)))
         for method in (RoutingMethod.SEQR, *[m for m in methods if m is not RoutingMethod.SEQR])
     }
-    seconds = interleaved_median_seconds(
+    seconds = interleaved_seconds(
         {method.value: (lambda router=router: router.select(x)) for method, router in routers.items()}, device, repeats
     )
-    seqr_us = seconds[RoutingMethod.SEQR.value] * 1e6 / setting.tokens
+    seqr_us = seconds[RoutingMethod.SEQR.value].best * 1e6 / setting.tokens
     floor_us = routers[RoutingMethod.SEQR].flops_per_token() / flops_per_second * 1e6
     timings = {}
     for method, router in routers.items():
-        us = seconds[method.value] * 1e6 / setting.tokens
-        timings[method.value] = MethodTiming(us_per_token=us, flops_per_token=router.flops_per_token(), ratio_to_seqr=us / seqr_us)
+        timing = seconds[method.value]
+        us = timing.best * 1e6 / setting.tokens
+        timings[method.value] = MethodTiming(
+            us_per_token=us,
+            flops_per_token=router.flops_per_token(),
+            ratio_to_seqr=us / seqr_us,
+            median_us_per_token=timing.median * 1e6 / setting.tokens,
+        )
         logger.info("%s %s: %.3f us per token", setting.name, method.value, us)
     return SelectionResult(setting=setting, methods=timings, floor_us_per_token=floor_us, seqr_over_floor=seqr_us / floor_us)
 
@@ -302,11 +305,12 @@ def benchmark_layer_against_peft(
         forwards["peft arrow"] = lambda: base(x) + arrow(x, lora_a, lora_b, dropout, scaling)
 
         with torch.no_grad():
-            seconds = interleaved_median_seconds(forwards, device, repeats)
+            seconds = interleaved_seconds(forwards, device, repeats)
             for implementation, forward in forwards.items():
                 peak = _peak_memory_mib(forward, device)
-                results.append(LayerResult(implementation, count, seconds[implementation] * 1e3, peak))
-                logger.info("layer N=%d %s: %.3f ms, %.1f MiB", count, implementation, seconds[implementation] * 1e3, peak)
+                timing = seconds[implementation]
+                results.append(LayerResult(implementation, count, timing.best * 1e3, peak, timing.median * 1e3))
+                logger.info("layer N=%d %s: %.3f ms, %.1f MiB", count, implementation, timing.best * 1e3, peak)
         del forwards, arrow, lora_a, lora_b, factors
     return results
 
@@ -315,7 +319,7 @@ def run_routing_benchmark(
     setting_names: Sequence[str] = ("table1", "smollm2"),
     *,
     device: str = "cpu",
-    repeats: int = 5,
+    repeats: int = 7,
     layer_adapter_counts: Sequence[int] = (10, 100, 1000),
     layer_setting: str = "smollm2",
     threads: int | None = None,
@@ -355,6 +359,7 @@ def format_report(report: RoutingBenchmarkReport) -> str:
     """Render a report as plain-text tables."""
     machine = report.machine
     lines = [
+        "times: the fastest of the repeats (methods interleaved); medians in the last column",
         f"machine: {machine['cpu']}, {machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads, "
         f"device {machine['device']}{', ' + str(machine['gpu']) if 'gpu' in machine else ''}, torch {machine['torch']}",
         f"dense float32 matmul ({FLOOR_MATMUL_SIZE}x{FLOOR_MATMUL_SIZE}): {report.matmul_gflops:.1f} GFLOP/s",
@@ -365,11 +370,12 @@ def format_report(report: RoutingBenchmarkReport) -> str:
             "",
             f"select(x), {s.name}: N={s.n_adapters} n={s.in_features} m={s.out_features} r={s.rank} "
             f"LAG k={s.lag_k}, {s.tokens} tokens",
-            f"{'method':<8} {'us/token':>12} {'FLOPs/token':>14} {'time / SEQR':>12}",
+            f"{'method':<8} {'us/token':>12} {'FLOPs/token':>14} {'time / SEQR':>12} {'median us/token':>16}",
         ]
         for method, timing in result.methods.items():
             lines.append(
-                f"{method:<8} {timing.us_per_token:>12.3f} {timing.flops_per_token:>14,} {timing.ratio_to_seqr:>11.1f}x"
+                f"{method:<8} {timing.us_per_token:>12.3f} {timing.flops_per_token:>14,} "
+                f"{timing.ratio_to_seqr:>11.1f}x {timing.median_us_per_token:>16.3f}"
             )
         lines.append(
             f"floor: SEQR's FLOPs at the matmul rate = {result.floor_us_per_token:.3f} us/token; "
@@ -381,12 +387,12 @@ def format_report(report: RoutingBenchmarkReport) -> str:
             "",
             f"one routed layer forward (base included), n={shape['in_features']} m={shape['out_features']} "
             f"r={shape['rank']}, {shape['tokens']} tokens, top-1",
-            f"{'implementation':<22} {'N':>6} {'ms/forward':>11} {'peak MiB':>9}",
+            f"{'implementation':<22} {'N':>6} {'ms/forward':>11} {'peak MiB':>9} {'median ms':>10}",
         ]
         for result in report.layer:
             lines.append(
                 f"{result.implementation:<22} {result.n_adapters:>6} {result.ms_per_forward:>11.3f} "
-                f"{result.peak_memory_mib:>9.1f}"
+                f"{result.peak_memory_mib:>9.1f} {result.median_ms_per_forward:>10.3f}"
             )
     lines += report.notes
     return "\n".join(lines)
