@@ -30,7 +30,8 @@ def test_untouched_chain_verifies(world: World):
 
 
 @pytest.mark.parametrize("column", ["actor", "action", "target", "outcome", "detail", "occurred_at"])
-def test_edited_event_detected(world: World, column: str):
+def test_edited_event_detected(sqlite_world: World, column: str):
+    world = sqlite_world
     _populate(world)
     victim = _events(world)[4]
     value = {"occurred_at": victim.occurred_at.replace(year=2020)}.get(column, "edited")
