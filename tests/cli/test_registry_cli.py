@@ -129,13 +129,31 @@ def test_keys_rotate_and_audit_verify(any_cli: Cli):
     assert "keys.rotate" in actions
 
 
-def test_audit_verify_names_edited_event(cli: Cli):
+_SWAP_EVENTS_2_AND_3 = [
+    "UPDATE audit_events SET id = -2 WHERE id = 2",
+    "UPDATE audit_events SET id = 2 WHERE id = 3",
+    "UPDATE audit_events SET id = 3 WHERE id = -2",
+]
+
+
+@pytest.mark.parametrize(
+    ("statements", "first_bad"),
+    [
+        (["UPDATE audit_events SET target = 'silo default/other' WHERE id = 4"], 4),
+        (["DELETE FROM audit_events WHERE id = 3"], 3),
+        (_SWAP_EVENTS_2_AND_3, 2),
+    ],
+    ids=["edited", "deleted", "reordered"],
+)
+def test_audit_verify_names_first_bad_event(cli: Cli, statements: list[str], first_bad: int):
     cli.ok("silo", "create", "ops")
+    assert cli.json("audit", "verify")["ok"] is True
     with sqlite3.connect(cli.home / "registry.db") as connection:
-        connection.execute("UPDATE audit_events SET target = 'silo default/other' WHERE id = 4")
+        for statement in statements:
+            connection.execute(statement)
     code, _out, err = cli.run("audit", "verify")
     assert code == 1
-    assert "audit event 4" in err
+    assert f"audit event {first_bad}" in err
 
 
 def test_db_upgrade_is_idempotent(cli: Cli):
