@@ -220,7 +220,11 @@ class RegistryCore:
         return KeyContext(row.tenant_id, row.silo_id, OwnerKind.DOCUMENT, row.document_id, row.key_ref)
 
     def _unwrap(self, row: DataKey, expected: KeyContext) -> bytes:
-        """Unwrap a data key; ``expected`` is the context of the object the caller asked for."""
+        """Unwrap a data key for the object ``expected`` names (tenant, silo, owner).
+
+        ``expected.key_ref`` is ignored in favour of the row's, but the owner comes from the object
+        the caller asked for, never from the key row, so a key row moved to another owner fails.
+        """
         context = KeyContext(expected.tenant_id, expected.silo_id, expected.owner_kind, expected.owner_id, row.key_ref)
         try:
             shred_key = self.keys.shred_key(row.key_ref)
@@ -239,7 +243,7 @@ class RegistryCore:
     def _open_blobs(
         self, session: Session, expected: KeyContext, fields: tuple[BlobField, ...]
     ) -> dict[BlobField, bytes]:
-        """Decrypt the named blobs of one object, all or nothing."""
+        """Decrypt the named blobs of the object ``expected`` names, all or nothing (see :meth:`_unwrap`)."""
         owner_column = DataKey.adapter_version_id if expected.owner_kind is OwnerKind.ADAPTER_VERSION else DataKey.document_id
         row = session.scalars(select(DataKey).where(owner_column == expected.owner_id)).one_or_none()
         if row is None:
