@@ -19,8 +19,8 @@ SHRED = bytes(range(32, 64))
 DATA_KEY = bytes(range(64, 96))
 NONCE = bytes(range(12))
 CONTEXT = KeyContext(1, 2, OwnerKind.ADAPTER_VERSION, 3, "ab" * 16)
-# Produced by AES-256-GCM with the inputs above; changing the KDF or the associated data format
-# would make every stored wrapped key and blob unreadable, so these must keep decrypting.
+# Produced by AES-256-GCM with the inputs above. A change to the KDF or to the associated data
+# format would make every stored wrapped key and blob unreadable, so these must keep decrypting.
 WRAPPED = bytes.fromhex(
     "ff40e3b06ffe815ad16da024e38fb799e6d4ea9737e10b9add2d49baaeea4b1c97a7069fc914f1af7467a76a1519f2c9"
 )
