@@ -12,7 +12,7 @@ from torch import nn
 from seqr.errors import InvalidInputError
 from seqr.routing.library import StackedFactors
 from seqr.routing.methods import Granularity, RoutingConfig, RoutingMethod
-from seqr.routing.routers import RouteDecision, Router, build_router
+from seqr.routing.routers import RouteDecision, Router, build_router, float32_math
 from seqr.routing.trace import NO_ADAPTER, LayerRecord, Phase, RoutingTrace
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,14 @@ class RoutedLinear(nn.Module):
             if state.trace is not None:
                 self._record_fixed(x, NO_ADAPTER)
             return output
+        # The base layer follows the caller's autocast; routing and the update stay float32.
+        with float32_math(x.device):
+            update = self._routed_update(x)
+        return output + update.to(output.dtype).view(*x.shape[:-1], -1)
 
+    def _routed_update(self, x: torch.Tensor) -> torch.Tensor:
+        """Return scaling times the routed update of every token of ``x``, float32 (T, m); record it when capturing."""
+        state = self.state
         batch, seq = _batch_and_seq(x)
         rows = x.reshape(-1, x.shape[-1]).to(torch.float32)  # (T, n)
         z = self.router.project(rows)  # (T, r)
@@ -107,7 +114,7 @@ class RoutedLinear(nn.Module):
         update = self.router.update_from_z(z, decision)  # (T, m)
         if state.trace is not None:
             self._record(rows, z, decision, token_scores, sequence_scores, batch, seq)
-        return output + (self.scaling * update).to(output.dtype).view(*x.shape[:-1], -1)
+        return self.scaling * update
 
     def _sequence_decision(
         self, rows: torch.Tensor, z: torch.Tensor, batch: int, seq: int

@@ -7,6 +7,7 @@ input dtype. The top-k choice mixes k adapters with softmax weights over their s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -24,6 +25,11 @@ logger = logging.getLogger(__name__)
 
 # Upper bound on the elements of one intermediate block in chunked scoring: 4 Mi floats, 16 MiB.
 SCORE_BUDGET_ELEMENTS = 1 << 22
+
+
+def float32_math(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Return a context that turns autocast off, so routing math stays float32 inside a caller's autocast region."""
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 @dataclass(frozen=True)
@@ -63,22 +69,29 @@ class Router(ABC):
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Return the float32 score of every candidate for every token: (..., n) -> (..., N)."""
-        rows = self._rows(x)
-        return self.token_scores(rows, self.project(rows)).reshape(*x.shape[:-1], self.num_adapters)
+        with float32_math(self.factors.device):
+            rows = self._rows(x)
+            return self.token_scores(rows, self.project(rows)).reshape(*x.shape[:-1], self.num_adapters)
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """Return the arg max candidate position of every token: (..., n) -> (...,) long."""
-        rows = self._rows(x)
-        return self.ranking_scores(rows, self.project(rows)).argmax(dim=-1).reshape(x.shape[:-1])
+        with float32_math(self.factors.device):
+            return self._select(x)
 
     def route(self, x: torch.Tensor) -> RouteDecision:
         """Score and choose for every token of ``x`` (..., n), flattened to T = prod(...) tokens."""
-        rows = self._rows(x)
-        return self.decide(self.ranking_scores(rows, self.project(rows)))
+        with float32_math(self.factors.device):
+            rows = self._rows(x)
+            return self.decide(self.ranking_scores(rows, self.project(rows)))
 
     def update(self, x: torch.Tensor, decision: RouteDecision) -> torch.Tensor:
         """Return the LoRA update B A x of each token's chosen adapters (unscaled): (T, n) -> (T, m)."""
-        return self.update_from_z(self.project(self._rows(x)), decision)
+        with float32_math(self.factors.device):
+            return self.update_from_z(self.project(self._rows(x)), decision)
+
+    def _select(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._rows(x)
+        return self.ranking_scores(rows, self.project(rows)).argmax(dim=-1).reshape(x.shape[:-1])
 
     # Steps used by the routed layer, on flattened (T, n) float32 rows.
 
@@ -204,7 +217,7 @@ class SeqrRouter(Router):
     def ranking_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         return self._calibrate(self._squared_norms(z).clamp_min_(0.0).sqrt_())
 
-    def select(self, x: torch.Tensor) -> torch.Tensor:
+    def _select(self, x: torch.Tensor) -> torch.Tensor:
         rows = self._rows(x)
         squared = self._squared_norms(self.project(rows))  # (T, N)
         if self.factors.mu is None:
@@ -369,7 +382,7 @@ class MeanRouter(Router):
     def token_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         return rows.new_zeros(rows.shape[0], self.num_adapters)  # every candidate weighs the same
 
-    def select(self, x: torch.Tensor) -> torch.Tensor:
+    def _select(self, x: torch.Tensor) -> torch.Tensor:
         raise InvalidInputError("method 'mu' mixes all adapters and selects none; use route() and update()")
 
     def decide(self, scores: torch.Tensor) -> RouteDecision:

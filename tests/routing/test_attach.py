@@ -257,3 +257,28 @@ def test_calibrated_scores_are_z_scores(tiny_llama, library_factory) -> None:
     assert raw_router.factors.mu is not None
     torch.testing.assert_close(raw_router.factors.mu, mu)
     assert trace.scores(name).min() < 0  # z-scores, not norms
+
+
+@pytest.mark.parametrize("method", ["seqr", "arrow", "spectr", "lag", "naive", "mu"])
+def test_routing_stays_float32_under_autocast(tiny_llama, library, method: str) -> None:
+    with attach_routing(tiny_llama, library.shared_a, library.adapters, scaling=library.scaling, method=method, lag_k=2) as routed:
+        with routed.capture() as trace, torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            logits = _logits(tiny_llama)
+
+    assert torch.isfinite(logits).all()
+    assert trace.scores(trace.modules[0]).dtype == torch.float32
+
+
+@pytest.mark.parametrize("method", ["seqr", "arrow", "spectr", "lag", "naive"])
+def test_router_ignores_caller_autocast(method: str) -> None:
+    generator = torch.Generator().manual_seed(5)
+    a, b, x = torch.randn(4, 32, generator=generator), torch.randn(20, 16, 4, generator=generator), torch.randn(9, 32, generator=generator)
+    router = make_router(method, a, b, k=3 if method == "lag" else None)
+    expected_scores, expected_choice = router.scores(x), router.select(x)
+
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        scores, choice = router.scores(x), router.select(x)
+
+    assert scores.dtype == torch.float32
+    assert torch.equal(scores, expected_scores)
+    assert torch.equal(choice, expected_choice)
