@@ -29,7 +29,7 @@ class Step(enum.StrEnum):
 
 
 def pause_if_requested(step: Step) -> None:
-    """Sleep forever at ``step`` when the environment asks for it; otherwise return at once."""
+    """Sleep forever at ``step`` when ``SEQR_RETENTION_PAUSE_AT`` names it; otherwise return at once."""
     if os.environ.get(PAUSE_AT_VARIABLE) != step.value:
         return
     marker = os.environ.get(PAUSE_FILE_VARIABLE)

@@ -1,8 +1,8 @@
 """A database lease that lets one job at a time run against a registry.
 
 The lock is a row in ``job_locks`` with an expiry time. The holder renews it from a background
-thread, so a live job keeps it however long a retrain takes, and a killed job loses it within one
-lease (at once when the next job runs on the same host and finds the holder's process gone).
+thread, so a live job keeps it however long a retrain takes. A killed job loses it when its lease
+expires, or at once when the next job runs on the same host and finds the holder's process gone.
 The same code serves SQLite and PostgreSQL because the check and the write share one registry
 write transaction.
 """

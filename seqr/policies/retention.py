@@ -7,9 +7,9 @@
    retired or training versions whose manifest names a removed document;
 3. crypto-shreds every document that expired, outlived its maximum age or was requested for
    removal, except in silos under a legal hold;
-4. for every active version whose manifest names a removed document, trains a new version of that
-   silo's adapter from the remaining documents with the same library A and training config,
-   activates it (the old one becomes retired in the same transaction) and destroys the old one.
+4. retrains each silo whose active version's manifest names a removed document. The new version
+   is trained from the remaining documents with the same library A and training config. Then it
+   is activated, which retires the old one in the same transaction, and the old one is destroyed.
    A silo left without documents has its version retired and destroyed instead.
 
 Each step is in the audit log. The work is derived from the database every time, never from a
@@ -46,7 +46,7 @@ StepHook = Callable[[Step], None]
 
 @dataclass(frozen=True)
 class RetentionPlan:
-    """What a run would do now: documents to remove, versions to destroy, retrain or retire."""
+    """The work a run would do now: documents to remove, versions to destroy, retrain or retire."""
 
     remove: list[DueDocument]
     held: list[DueDocument]
@@ -59,7 +59,7 @@ class RetentionPlan:
 
 @dataclass
 class RetentionSummary:
-    """What a run did (or, with ``dry_run``, would do)."""
+    """Outcome of a run, or with ``dry_run`` the outcome a run would have."""
 
     run_id: int | None
     dry_run: bool
@@ -133,6 +133,8 @@ class RetentionJob:
             plan = plan_retention(self.registry, self.actor, tenant=self.tenant)
             summary.documents_held = [document.id for document in plan.held]
             if plan.is_empty():
+                if lock.took_over:
+                    self.registry.close_interrupted_runs()
                 logger.info("retention: nothing to do (%d document(s) held)", len(plan.held))
                 summary.seconds = time.perf_counter() - started
                 return summary
@@ -187,10 +189,12 @@ class RetentionJob:
             self._destroy(ref, summary)
             summary.silos_emptied.append(f"{ref.tenant}/{ref.silo}")
             return
+
         old = self._version_info(ref)
         config = training_config_from_version(old.config, self.fallback_config)
         max_examples = old.config.get("max_examples")
         base = self._model(ref)
+
         self.on_step(Step.TRAINING)
         started = time.perf_counter()
         result = train_silo_adapter(
@@ -200,6 +204,7 @@ class RetentionJob:
             extra_manifest={MANIFEST_RUN_KEY: summary.run_id, MANIFEST_REPLACES_KEY: ref.id},
         )
         self.on_step(Step.TRAINED)
+
         self.registry.activate_adapter_version(self.actor, result.version.id)
         summary.versions_activated.append(result.version.id)
         self.registry.record_retention_step(self.actor, ref.tenant, target, {
@@ -207,6 +212,7 @@ class RetentionJob:
             "removed_documents": ref.removed_documents, "documents": len(result.document_ids),
             "examples": result.examples, "seconds": round(time.perf_counter() - started, 3)})
         self.on_step(Step.ACTIVATED)
+
         self._destroy(ref, summary)
         summary.silos_retrained.append(f"{ref.tenant}/{ref.silo}/{ref.library}")
 
@@ -217,7 +223,7 @@ class RetentionJob:
         raise ConflictError(f"adapter version {ref.id} disappeared during the retention run; run it again")
 
     def _model(self, ref: VersionRef) -> BaseModel:
-        """The base model for ``ref``'s library: the override, else the library's recorded source."""
+        """Load (once) the base model of ``ref``'s library: the override, else the library's recorded source."""
         source = self.base_model
         if source is None:
             source = self.registry.library(self.actor, ref.library, tenant=ref.tenant).info.base_model_source
@@ -228,7 +234,7 @@ class RetentionJob:
 
 
 def _log_summary(summary: RetentionSummary) -> dict[str, Any]:
-    """The summary as stored in the run log and the audit log (ids and names only)."""
+    """Return the summary as stored in the run log and the audit log (ids and names only)."""
     values = summary.to_json()
     values.pop("dry_run")
     values["seconds"] = round(summary.seconds, 3)

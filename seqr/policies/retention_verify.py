@@ -1,9 +1,9 @@
 """``seqr retention verify``: check the removal guarantee against the registry as it is now.
 
-The guarantee: no version that is not destroyed was trained on a removed document, no version
-that serves requests was trained on a document that is due for removal (unless a legal hold keeps
-it), and every destroyed version and removed document is undecryptable because its wrapped data
-key is deleted from the database and its shred key from the key store.
+The guarantee has three parts. No version that is not destroyed was trained on a removed
+document. No active version was trained on a document that is due for removal, unless a legal hold
+keeps it. Every destroyed version and removed document is undecryptable, because its wrapped data
+key is deleted from the database (and its shred key from the key store).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from seqr.registry.views import Principal
 
 @dataclass
 class RetentionVerification:
-    """What :func:`verify_retention` checked; ``problems`` is empty when the guarantee holds."""
+    """Report of :func:`verify_retention`; ``problems`` is empty when the guarantee holds."""
 
     versions_checked: int = 0
     versions_destroyed: int = 0

@@ -57,7 +57,7 @@ UNCHANGED = Unchanged.UNCHANGED
 
 
 class RemovalReason(enum.StrEnum):
-    """Why a document is due for removal."""
+    """Reason a document is due for removal."""
 
     EXPIRED = "expired"  # its own expiry time has passed
     MAX_AGE = "max_age"  # it is older than its silo's (or tenant's) maximum age
@@ -508,19 +508,27 @@ class RetentionMixin(DocumentMixin):
 
         Call only while holding the retention lock, because a run still marked running is then dead.
         """
+        self.close_interrupted_runs()
         with self._write() as (session, state):
             self._check_actor(session, actor)
             tenants = self._scoped_tenants(session, actor, tenant)
-            now = self.clock()
-            for stale in session.scalars(select(RetentionRun).where(RetentionRun.status == RunStatus.RUNNING)):
-                stale.status, stale.finished_at = RunStatus.INTERRUPTED, now
-            run = RetentionRun(tenant_id=tenants[0].id if tenant is not None else None, actor=f"{actor.describe()}#{actor.id}",
-                               status=RunStatus.RUNNING, started_at=now, summary={})
+            run = RetentionRun(tenant_id=tenants[0].id if len(tenants) == 1 else None, actor=f"{actor.describe()}#{actor.id}",
+                               status=RunStatus.RUNNING, started_at=self.clock(), summary={})
             session.add(run)
             session.flush()
             self._audit(session, state, actor, AuditAction.RETENTION_RUN, f"retention run {run.id}",
                         detail={"phase": "start", "tenant": tenant})
             return run.id
+
+    def close_interrupted_runs(self) -> int:
+        """Mark runs still recorded as running as interrupted; return how many.
+
+        Call only while holding the retention lock, because a run still marked running is then dead.
+        """
+        with self._write() as (session, _state):
+            result = session.execute(update(RetentionRun).where(RetentionRun.status == RunStatus.RUNNING)
+                                     .values(status=RunStatus.INTERRUPTED, finished_at=self.clock()))
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def finish_retention_run(self, actor: Principal, run_id: int, status: RunStatus, summary: Mapping[str, Any]) -> None:
         with self._write() as (session, state):

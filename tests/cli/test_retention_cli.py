@@ -105,7 +105,8 @@ def test_remove_request_then_run_and_verify(cli_world, capsys):
     assert done["silos_retrained"] == ["default/support/main"]
     assert len(done["versions_destroyed"]) == 1
     assert verified["ok"] and verified["problems"] == []
-    assert again["run_id"] is None and again["documents_removed"] == []
+    assert again["run_id"] is None
+    assert again["documents_removed"] == []
     assert seqr_json(capsys, "retention", "requests", "--pending") == []
 
 

@@ -1,8 +1,8 @@
 """`seqr retention run` killed with SIGKILL at each step, a concurrent run rejected, and the next run finishing.
 
 Every run here is a real `seqr` process. The first one pauses at a named step (through the
-fault-point environment variables) and holds the lock; a second one exits with status 3; the
-first is then killed with SIGKILL and a third run completes the work.
+fault-point environment variables) while it holds the lock, and a second one exits with status 3.
+Then the first is killed with SIGKILL, and a third run completes the work.
 """
 
 from __future__ import annotations
