@@ -264,3 +264,20 @@ def test_request_by_metadata_matches_all_pairs(retention_world):
         world.registry.request_removal(world.admin, "cooking", metadata_match={"source": "nowhere"})
     again = world.registry.request_removal(world.admin, "cooking", document_ids=[world.documents["cooking"][2]])
     assert again == []
+
+
+def test_tenant_option_limits_run(retention_world):
+    world = retention_world
+    world.registry.create_tenant(world.admin, "acme")
+    world.registry.create_silo(world.admin, "sales", tenant="acme")
+    other = world.registry.add_document(world.admin, "sales", b"acme price list", tenant="acme")
+    world.registry.request_removal(world.admin, "sales", document_ids=[other.id], tenant="acme")
+    local = world.documents["cooking"][0]
+    world.registry.request_removal(world.admin, "cooking", document_ids=[local])
+
+    scoped = run(world, tenant="default")
+    everywhere = run(world)
+
+    assert scoped.documents_removed == [local]
+    assert everywhere.documents_removed == [other.id]
+    assert world.registry.list_documents(world.admin, "sales", tenant="acme") == []
