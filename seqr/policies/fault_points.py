@@ -23,7 +23,9 @@ class Step(enum.StrEnum):
     """Points of a retention run after which the durable state differs."""
 
     SHREDDED = "shredded"  # due documents are removed; no silo retrained yet
-    TRAINING = "training"  # a silo's documents are read and its retrain starts; nothing stored
+    # A silo's documents are decrypted in memory and its training starts. Nothing is stored until
+    # training and calibration finish, so any later point of training leaves the same state.
+    TRAINING = "training"
     TRAINED = "trained"  # the new version is stored in status training, not active
     ACTIVATED = "activated"  # the new version is active; the old one is retired, not destroyed
 

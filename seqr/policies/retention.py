@@ -195,13 +195,13 @@ class RetentionJob:
         max_examples = old.config.get("max_examples")
         base = self._model(ref)
 
-        self.on_step(Step.TRAINING)
         started = time.perf_counter()
         result = train_silo_adapter(
             self.registry, self.actor, ref.silo, ref.library, base, config,
             max_examples=max_examples if isinstance(max_examples, int) else None, tenant=ref.tenant,
             progress=self.progress,
             extra_manifest={MANIFEST_RUN_KEY: summary.run_id, MANIFEST_REPLACES_KEY: ref.id},
+            before_training=lambda: self.on_step(Step.TRAINING),
         )
         self.on_step(Step.TRAINED)
 

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -81,12 +81,14 @@ def train_silo_adapter(
     tenant: str | None = None,
     progress: bool = True,
     extra_manifest: dict[str, Any] | None = None,
+    before_training: Callable[[], None] | None = None,
 ) -> TrainingJobResult:
     """Train, calibrate and store a new version of ``silo``'s adapter (status ``training``).
 
     The caller activates it. Nothing is stored when training fails or is interrupted. Raises
     InvalidInputError when the silo has no usable document, and ModelError when ``base`` is not
-    the library's base model.
+    the library's base model. ``before_training`` runs once the documents are decrypted and
+    parsed, just before the optimisation starts.
     """
     started = time.perf_counter()
     registry_library = registry.library(actor, library_name, tenant=tenant)
@@ -111,6 +113,8 @@ def train_silo_adapter(
         examples = random.Random(config.seed).sample(examples, max_examples)
 
     logger.info("training silo %s on %d example(s) from %d document(s)", silo, len(examples), len(used))
+    if before_training is not None:
+        before_training()
     try:
         trained = train_adapter(base, library, examples, config, progress=progress)
     except KeyboardInterrupt:
