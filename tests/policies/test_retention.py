@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy.orm import Session
 
 from seqr.errors import ConflictError, NotFoundError
 from seqr.policies.retention import plan_retention, remove_now, run_retention
 from seqr.policies.retention_verify import RetentionVerificationError, verify_retention
 from seqr.registry.enums import AdapterStatus, AuditAction
+from seqr.registry.models import AdapterVersion
 from seqr.registry.retention import manifest_document_ids
 
 
@@ -281,3 +283,31 @@ def test_tenant_option_limits_run(retention_world):
     assert scoped.documents_removed == [local]
     assert everywhere.documents_removed == [other.id]
     assert world.registry.list_documents(world.admin, "sales", tenant="acme") == []
+
+
+def test_retrain_reuses_training_config(retention_world):
+    world = retention_world
+    old = world.active_version("cooking")
+    world.registry.request_removal(world.admin, "cooking", document_ids=[world.documents["cooking"][0]])
+
+    run(world)
+
+    new = world.active_version("cooking")
+    assert {key: new.config[key] for key in old.config} == old.config
+
+
+def test_interrupted_destroy_finished_by_next_run(retention_world):
+    world = retention_world
+    old = world.active_version("cooking")
+    world.registry.retire_adapter_version(world.admin, old.id)
+    # The status change of a destroy without its shredding, as a kill between the two leaves it.
+    with Session(world.registry.engine) as session, session.begin():
+        session.get(AdapterVersion, old.id).status = AdapterStatus.DESTROYED
+
+    leftovers = world.registry.check_destruction(world.admin).leftovers
+    with pytest.raises(RetentionVerificationError, match="still has a wrapped data key"):
+        verify_retention(world.registry, world.admin)
+    run(world)
+
+    assert len(leftovers) == 1
+    assert world.registry.check_destruction(world.admin).leftovers == []

@@ -79,3 +79,15 @@ def test_held_lock_renews_in_background(retention_world):
         time.sleep(0.5)  # more than one renewal interval (a third of the lease)
         held.check()
         assert held.lease.expires_at > first_expiry
+
+
+def test_lost_lease_stops_job(retention_world):
+    world = retention_world
+
+    with HeldLock(world.registry, "job", timedelta(seconds=0.3)) as held:
+        world.clock.advance(timedelta(minutes=5))  # the lease expires before the first renewal
+        world.registry.acquire_job_lock("job", "usurper", timedelta(hours=1))
+        time.sleep(0.5)  # renewal runs and finds the lock taken
+
+        with pytest.raises(LockHeldError, match="lost the job lock"):
+            held.check()
