@@ -29,7 +29,12 @@ SCORE_BUDGET_ELEMENTS = 1 << 22
 
 def float32_math(device: torch.device) -> contextlib.AbstractContextManager[object]:
     """Return a context that turns autocast off, so routing math stays float32 inside a caller's autocast region."""
-    return torch.autocast(device_type=device.type, enabled=False)
+    try:
+        active = torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch before 2.4 takes no device type here
+        active = True
+    # Entering an autocast context costs a few microseconds, which a routed layer pays per call.
+    return torch.autocast(device_type=device.type, enabled=False) if active else contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
