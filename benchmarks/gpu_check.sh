@@ -35,9 +35,11 @@ import sys
 with open(sys.argv[1], encoding="utf-8") as handle:
     report = json.load(handle)
 print(report["machine"])
-print(f"dense float32 matmul: {report['matmul_gflops']:.1f} GFLOP/s")
 for name, result in report["selection"].items():
-    print(f"{name}: floor {result['floor_us_per_token']:.4f} us/token, SEQR at {result['seqr_over_floor']:.2f}x the floor")
+    print(
+        f"{name}: matmul {result['matmul_gflops']:.1f} GFLOP/s, floor {result['floor_us_per_token']:.4f} us/token, "
+        f"SEQR at {result['seqr_over_floor']:.2f}x the floor"
+    )
     for method, timing in result["methods"].items():
         print(f"  {method:<7} {timing['us_per_token']:10.4f} us/token {timing['ratio_to_seqr']:8.1f}x SEQR's time")
 for row in report["layer"]["results"]:

@@ -68,10 +68,13 @@ class MethodTiming:
 
 @dataclass(frozen=True)
 class SelectionResult:
+    """``select(x)`` timings of one setting, and SEQR's floor at the matmul rate of the same rounds."""
+
     setting: BenchmarkSetting
     methods: dict[str, MethodTiming]
     floor_us_per_token: float
     seqr_over_floor: float
+    matmul_gflops: float
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,6 @@ class LayerResult:
 @dataclass
 class RoutingBenchmarkReport:
     machine: dict[str, str | int | float]
-    matmul_gflops: float
     selection: list[SelectionResult] = field(default_factory=list)
     layer: list[LayerResult] = field(default_factory=list)
     layer_shape: dict[str, int] = field(default_factory=dict)
@@ -97,13 +99,13 @@ class RoutingBenchmarkReport:
     def to_json(self) -> dict:
         return {
             "machine": self.machine,
-            "matmul_gflops": self.matmul_gflops,
             "selection": {
                 result.setting.name: {
                     "setting": asdict(result.setting),
                     "methods": {name: asdict(timing) for name, timing in result.methods.items()},
                     "floor_us_per_token": result.floor_us_per_token,
                     "seqr_over_floor": result.seqr_over_floor,
+                    "matmul_gflops": result.matmul_gflops,
                 }
                 for result in self.selection
             },
@@ -140,13 +142,12 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_flops_per_second(device: torch.device, repeats: int, size: int = FLOOR_MATMUL_SIZE) -> float:
-    """Measure the dense float32 matrix-multiply rate on a (size x size) product."""
+def reference_matmul(device: torch.device, size: int = FLOOR_MATMUL_SIZE) -> tuple[Callable[[], object], int]:
+    """Return a dense float32 (size x size) matrix multiply to time, and its FLOP count."""
     generator = torch.Generator(device="cpu").manual_seed(0)
     left = torch.randn(size, size, generator=generator).to(device)
     right = torch.randn(size, size, generator=generator).to(device)
-    seconds = interleaved_seconds({"matmul": lambda: left @ right}, device, repeats)["matmul"].best
-    return 2 * size**3 / seconds
+    return (lambda: left @ right), 2 * size**3
 
 
 def random_library(setting: BenchmarkSetting, device: torch.device, seed: int = 0) -> tuple[StackedFactors, torch.Tensor]:
@@ -167,12 +168,13 @@ class Timing:
 
 
 def interleaved_seconds(
-    calls: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 2
+    calls: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 1
 ) -> dict[str, Timing]:
     """Return the fastest and the median wall time of each call, timing one call of each per round.
 
     Interleaving spreads load from other processes over all calls alike, which keeps the ratios
-    between them meaningful on a shared machine.
+    between them meaningful on a shared machine. Each timed call directly follows an untimed one,
+    so it finds its inputs in cache, as a layer does in a forward pass, whatever ran before it.
     """
     for call in calls.values():
         for _ in range(warmup):
@@ -181,6 +183,8 @@ def interleaved_seconds(
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
+            call()
+            _synchronize(device)
             start = time.perf_counter()
             call()
             _synchronize(device)
@@ -192,18 +196,23 @@ def benchmark_selection(
     setting: BenchmarkSetting,
     device: torch.device,
     repeats: int,
-    flops_per_second: float,
     methods: Sequence[RoutingMethod] = SELECTION_METHODS,
 ) -> SelectionResult:
-    """Time ``select(x)`` of every method on one random library; SEQR's time includes z = A x."""
+    """Time ``select(x)`` of every method on one random library; SEQR's time includes z = A x.
+
+    The reference matmul of the floor is timed in the same interleaved rounds as the methods.
+    """
     factors, x = random_library(setting, device)
     routers = {
         method: build_router(factors, RoutingConfig(method=method, lag_k=min(setting.lag_k, setting.n_adapters)))
         for method in (RoutingMethod.SEQR, *[m for m in methods if m is not RoutingMethod.SEQR])
     }
-    seconds = interleaved_seconds(
-        {method.value: (lambda router=router: router.select(x)) for method, router in routers.items()}, device, repeats
-    )
+    matmul, matmul_flops = reference_matmul(device)
+    calls: dict[str, Callable[[], object]] = {
+        method.value: (lambda router=router: router.select(x)) for method, router in routers.items()
+    }
+    seconds = interleaved_seconds(calls | {"matmul": matmul}, device, repeats)
+    flops_per_second = matmul_flops / seconds["matmul"].best
     seqr_us = seconds[RoutingMethod.SEQR.value].best * 1e6 / setting.tokens
     floor_us = routers[RoutingMethod.SEQR].flops_per_token() / flops_per_second * 1e6
     timings = {}
@@ -217,7 +226,13 @@ def benchmark_selection(
             median_us_per_token=timing.median * 1e6 / setting.tokens,
         )
         logger.info("%s %s: %.3f us per token", setting.name, method.value, us)
-    return SelectionResult(setting=setting, methods=timings, floor_us_per_token=floor_us, seqr_over_floor=seqr_us / floor_us)
+    return SelectionResult(
+        setting=setting,
+        methods=timings,
+        floor_us_per_token=floor_us,
+        seqr_over_floor=seqr_us / floor_us,
+        matmul_gflops=flops_per_second / 1e9,
+    )
 
 
 def _peak_memory_mib(call: Callable[[], object], device: torch.device) -> float:
@@ -344,10 +359,9 @@ def run_routing_benchmark(
         raise InvalidInputError(f"device {device!r} was requested but CUDA is not available; use --device cpu")
 
     with torch.inference_mode():
-        rate = matmul_flops_per_second(target, repeats)
-        report = RoutingBenchmarkReport(machine=describe_machine(target), matmul_gflops=rate / 1e9)
+        report = RoutingBenchmarkReport(machine=describe_machine(target))
         for name in setting_names:
-            report.selection.append(benchmark_selection(SETTINGS[name], target, repeats, rate))
+            report.selection.append(benchmark_selection(SETTINGS[name], target, repeats))
     if layer_adapter_counts:
         shape = SETTINGS[layer_setting]
         report.layer_shape = {"in_features": shape.in_features, "out_features": shape.out_features, "rank": shape.rank, "tokens": shape.tokens}
@@ -362,7 +376,6 @@ def format_report(report: RoutingBenchmarkReport) -> str:
         "times: the fastest of the repeats (methods interleaved); medians in the last column",
         f"machine: {machine['cpu']}, {machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads, "
         f"device {machine['device']}{', ' + str(machine['gpu']) if 'gpu' in machine else ''}, torch {machine['torch']}",
-        f"dense float32 matmul ({FLOOR_MATMUL_SIZE}x{FLOOR_MATMUL_SIZE}): {report.matmul_gflops:.1f} GFLOP/s",
     ]
     for result in report.selection:
         s = result.setting
@@ -378,8 +391,9 @@ def format_report(report: RoutingBenchmarkReport) -> str:
                 f"{timing.ratio_to_seqr:>11.1f}x {timing.median_us_per_token:>16.3f}"
             )
         lines.append(
-            f"floor: SEQR's FLOPs at the matmul rate = {result.floor_us_per_token:.3f} us/token; "
-            f"SEQR is {result.seqr_over_floor:.1f}x the floor"
+            f"floor: SEQR's FLOPs at the dense float32 rate of a {FLOOR_MATMUL_SIZE}x{FLOOR_MATMUL_SIZE} matmul "
+            f"timed in the same rounds ({result.matmul_gflops:.1f} GFLOP/s) = {result.floor_us_per_token:.3f} "
+            f"us/token; SEQR is {result.seqr_over_floor:.1f}x the floor"
         )
     if report.layer:
         shape = report.layer_shape

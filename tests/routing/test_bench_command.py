@@ -24,6 +24,7 @@ def test_json_lists_every_method(capsys: pytest.CaptureFixture[str]) -> None:
         assert timing["flops_per_token"] > 0
     assert tiny["methods"]["seqr"]["ratio_to_seqr"] == 1.0
     assert tiny["floor_us_per_token"] > 0
+    assert tiny["matmul_gflops"] > 0
     implementations = {row["implementation"] for row in report["layer"]["results"]}
     assert implementations == {"seqr.routing seqr", "seqr.routing arrow", "peft arrow"}
 
@@ -33,7 +34,7 @@ def test_text_report_has_floor_line(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert status == 0
     output = capsys.readouterr().out
-    assert "floor: SEQR's FLOPs at the matmul rate" in output
+    assert "floor: SEQR's FLOPs at the dense float32 rate" in output
     assert "peft arrow" not in output
 
 
