@@ -76,7 +76,7 @@ class Router(ABC):
         """Return the float32 score of every candidate for every token: (..., n) -> (..., N)."""
         with float32_math(self.factors.device):
             rows = self._rows(x)
-            return self.token_scores(rows, self.project(rows)).reshape(*x.shape[:-1], self.num_adapters)
+            return self.token_scores(rows, self._z(rows)).reshape(*x.shape[:-1], self.num_adapters)
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """Return the arg max candidate position of every token: (..., n) -> (...,) long."""
@@ -87,7 +87,7 @@ class Router(ABC):
         """Score and choose for every token of ``x`` (..., n), flattened to T = prod(...) tokens."""
         with float32_math(self.factors.device):
             rows = self._rows(x)
-            return self.decide(self.ranking_scores(rows, self.project(rows)))
+            return self.decide(self.ranking_scores(rows, self._z(rows)))
 
     def update(self, x: torch.Tensor, decision: RouteDecision) -> torch.Tensor:
         """Return the LoRA update B A x of each token's chosen adapters (unscaled): (T, n) -> (T, m)."""
@@ -96,7 +96,11 @@ class Router(ABC):
 
     def _select(self, x: torch.Tensor) -> torch.Tensor:
         rows = self._rows(x)
-        return self.ranking_scores(rows, self.project(rows)).argmax(dim=-1).reshape(x.shape[:-1])
+        return self.ranking_scores(rows, self._z(rows)).argmax(dim=-1).reshape(x.shape[:-1])
+
+    def _z(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Return z = A x when this method's scores use it; ARROW, SPECTR and LAG score x directly."""
+        return self.project(rows) if self.needs_z else None
 
     # Steps used by the routed layer, on flattened (T, n) float32 rows.
 
