@@ -177,3 +177,18 @@ def test_policy_rejects_both_age_options(cli_world, capsys):
 
     assert status == EXIT_ERROR
     assert "not both" in err
+
+
+def test_adapter_manifest_after_removal(cli_world, capsys):
+    seqr_json(capsys, "data", "remove", "support", "--id", "2")
+    seqr_json(capsys, "retention", "run")
+
+    versions = seqr_json(capsys, "adapter", "show", "support", "--manifest")
+    status, out, _err = seqr(capsys, "adapter", "show", "support", "--manifest")
+
+    by_status = {version["status"]: version for version in versions}
+    active = by_status["active"]["manifest"]
+    assert [entry["id"] for entry in active["documents"]] == [1, 3]
+    assert active["replaces_version"] == by_status["destroyed"]["id"]
+    assert status == 0
+    assert "trained on 2 document(s): 1, 3" in out
