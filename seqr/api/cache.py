@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 import torch
 
+from seqr.api.timings import LoadTimings
 from seqr.routing.factors import AdapterFactors, ModuleFactors
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,12 @@ def factors_to(factors: AdapterFactors, device: torch.device) -> AdapterFactors:
     })
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued copies to ``device``, so that a transfer's time is measured where it happens."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class AdapterCache:
     """A thread-safe map from (tenant id, version id) to factors already moved to one device."""
 
@@ -37,13 +45,29 @@ class AdapterCache:
         self._lock = threading.Lock()
         self.decryptions = 0
 
-    def get_or_load(self, key: CacheKey, load: Callable[[], AdapterFactors]) -> AdapterFactors:
-        """Return the cached factors of ``key``, or call ``load`` (which decrypts) and cache the result."""
+    def get_or_load(
+        self, key: CacheKey, load: Callable[[], AdapterFactors], timings: LoadTimings | None = None
+    ) -> AdapterFactors:
+        """Return the cached factors of ``key``, or call ``load`` (which decrypts) and cache the result.
+
+        With ``timings``, adds the seconds of ``load`` and of the move to the device, and counts
+        the entry as decrypted or cached.
+        """
         with self._lock:
             cached = self._entries.get(key)
         if cached is not None:
+            if timings is not None:
+                timings.cached += 1
             return cached
-        factors = factors_to(load(), self.device)
+        start = time.perf_counter()
+        loaded = load()
+        decrypted = time.perf_counter()
+        factors = factors_to(loaded, self.device)
+        _synchronize(self.device)
+        if timings is not None:
+            timings.decrypted += 1
+            timings.decrypt_seconds += decrypted - start
+            timings.transfer_seconds += time.perf_counter() - decrypted
         with self._lock:
             self.decryptions += 1
             return self._entries.setdefault(key, factors)

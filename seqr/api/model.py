@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ import torch
 
 from seqr.api.cache import AdapterCache, CacheKey
 from seqr.api.explain import ModuleRoute, RouteExplanation
+from seqr.api.timings import LoadTimings
 from seqr.errors import InvalidInputError
 from seqr.registry.views import AdapterVersionInfo, Library
 from seqr.routing import Granularity, RoutedModel, RoutingMethod, attach_routing
@@ -32,8 +34,10 @@ logger = logging.getLogger(__name__)
 class RoutedLanguageModel:
     """A causal LM routed among the caller's authorised adapters of one library.
 
-    ``silos`` lists the silos currently routed among, in candidate order. The wrapper is not
-    meant for concurrent requests from several threads; a lock serialises them.
+    ``silos`` lists the silos currently routed among, in candidate order. ``load_timings`` is
+    the :class:`LoadTimings` of the last load of adapters (at construction, or when a refresh
+    found the authorised versions changed). The wrapper is not meant for concurrent requests from
+    several threads; a lock serialises them.
     """
 
     def __init__(
@@ -59,6 +63,10 @@ class RoutedLanguageModel:
         self._versions: dict[CacheKey, AdapterVersionInfo] = {}
         self._generation: int | None = None
         self._lock = threading.RLock()
+        self.load_timings = LoadTimings()
+        self._first_forward_pending = False
+        self._request_start = time.perf_counter()
+        self._forward_hook = self.model.register_forward_hook(self._after_forward)
         self._prepare_tokenizer()
         self.refresh()
 
@@ -90,6 +98,7 @@ class RoutedLanguageModel:
         with self._lock:
             registry = self._session.registry
             principal = self._session.principal
+            start = time.perf_counter()
             generation = registry.check_principal(principal)
             if generation == self._generation:
                 return
@@ -99,19 +108,38 @@ class RoutedLanguageModel:
                 if version.library == self.library.info.name
             }
             if set(wanted) != set(self._versions):
+                timings = LoadTimings(resolve_seconds=time.perf_counter() - start)
                 self._cache.drop(set(self._versions) - set(wanted))
                 adapters = {}
                 for key, version in sorted(wanted.items(), key=lambda item: item[1].silo):
                     adapters[version.silo] = self._cache.get_or_load(
-                        key, lambda version_id=version.id: registry.load_adapter(principal, version_id).factors
+                        key, lambda version_id=version.id: registry.load_adapter(principal, version_id).factors, timings
                     )
+                timings.adapters = len(adapters)
+                timings.adapter_bytes = sum(factors.nbytes() for factors in adapters.values())
+                attach_start = time.perf_counter()
                 self._attach(adapters)
+                timings.attach_seconds = time.perf_counter() - attach_start
                 self._versions = wanted
+                self.load_timings = timings
+                self._first_forward_pending = True
                 logger.info(
                     "%s routes among %d adapter(s) of library %s: %s",
                     principal.describe(), len(adapters), self.library.info.name, ", ".join(adapters) or "none",
                 )
             self._generation = generation
+
+    def _start_request(self) -> None:
+        """Mark the start of a request (for the first-forward time) and refresh the adapters."""
+        self._request_start = time.perf_counter()
+        self.refresh()
+
+    def _after_forward(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self._first_forward_pending:
+            self._first_forward_pending = False
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.load_timings.first_forward_seconds = time.perf_counter() - self._request_start
 
     def _attach(self, adapters: dict[str, Any]) -> None:
         if self._routed is not None:
@@ -134,6 +162,7 @@ class RoutedLanguageModel:
                 self._routed = None
             self._cache.drop(self._versions)
             self._versions = {}
+            self._forward_hook.remove()
 
     # Requests.
 
@@ -157,7 +186,7 @@ class RoutedLanguageModel:
         if max_new_tokens < 1:
             raise InvalidInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         with self._lock:
-            self.refresh()
+            self._start_request()
             encoded = self._encode([self._format(text, chat) for text in self._checked(texts)], reserve=max_new_tokens)
             sampling: dict[str, Any] = {"do_sample": False}
             if temperature > 0:
@@ -174,7 +203,7 @@ class RoutedLanguageModel:
     def logits(self, text: str) -> torch.Tensor:
         """Return the routed next-token logits of ``text``: (1, tokens, vocabulary) float32 on the CPU."""
         with self._lock:
-            self.refresh()
+            self._start_request()
             encoded = self._encode(self._checked([text]), reserve=0)
             with torch.no_grad():
                 logits = self.model(**encoded).logits
@@ -191,7 +220,7 @@ class RoutedLanguageModel:
         texts = self._checked(list(texts))
         explanations: list[RouteExplanation] = []
         with self._lock:
-            self.refresh()
+            self._start_request()
             for start in range(0, len(texts), batch_size):
                 explanations.extend(self._route_batch(texts[start:start + batch_size]))
         return explanations

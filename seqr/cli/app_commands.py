@@ -189,6 +189,9 @@ def route_command(
     base_model: BaseModelOption = None,
     library: Annotated[str | None, typer.Option("--library", help="Library, when your adapters come from several.")] = None,
     as_json: JsonFlag = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Print the load time of each step (resolve, decrypt, transfer, attach, first forward) on stderr.")
+    ] = False,
 ) -> None:
     """Show which of your silos each adapted layer chose for each token of TEXT, with the scores.
 
@@ -196,6 +199,8 @@ def route_command(
     """
     with routed_model(ctx, base_model, library) as model:
         explanation = model.route(text)
+        if verbose:
+            typer.echo(model.load_timings.describe(), err=True)
     if as_json:
         typer.echo(json.dumps(explanation.to_json(), indent=2))
         return
@@ -218,6 +223,9 @@ def generate_command(
     base_model: BaseModelOption = None,
     library: Annotated[str | None, typer.Option("--library", help="Library, when your adapters come from several.")] = None,
     as_json: JsonFlag = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Print the load time of each step (resolve, decrypt, transfer, attach, first forward) on stderr.")
+    ] = False,
 ) -> None:
     """Generate a completion of PROMPT with the model routed among your authorised adapters.
 
@@ -226,6 +234,8 @@ def generate_command(
     with routed_model(ctx, base_model, library) as model:
         (text,) = model.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature)
         silos = model.silos
+        if verbose:
+            typer.echo(model.load_timings.describe(), err=True)
     if as_json:
         typer.echo(json.dumps({"prompt": prompt, "completion": text, "silos": list(silos)}, indent=2))
     else:
