@@ -1,8 +1,8 @@
 """Probe SEQR routing accuracy on prompts only: which tokens and layers carry the task signal.
 
-One routed forward pass per batch of test prompts (per-token SEQR, calibrated) captures every
-module's z-scores; the per-example decisions of several scoring variants are then computed from
-the same scores. Adapters come from ``--adapters-dir`` (as ``seqr eval`` caches them) or are
+One routed forward pass per test prompt (per-token SEQR, calibrated) captures every module's
+z-scores. The per-example decisions of several scoring variants are then computed from those
+same scores. Adapters come from ``--adapters-dir`` (as ``seqr eval`` caches them) or are
 trained. Run from the repository root:
 
     python benchmarks/eval_routing_probe.py --dataset cola --dataset qnli --dataset rte --dataset sst2 \

@@ -46,6 +46,9 @@ def eval_command(
     ] = None,
     heatmaps: Annotated[Path | None, typer.Option("--heatmaps", help="Write PNG heatmaps of activation norms here.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON to this file.")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's choice, one per core).")
+    ] = None,
 ) -> None:
     """Train (or reuse) one adapter per task and report task and routing accuracy per router.
 
@@ -69,9 +72,15 @@ def eval_command(
     tasks = [task_from_jsonl(*_parse_task(value), train=train_examples, test=test_examples, seed=seed) for value in task]
     if dataset:
         if datasets_dir is None:
-            raise InvalidInputError("--dataset needs --datasets-dir, the directory that holds the task files")
+            raise InvalidInputError("--dataset needs --datasets-dir, the directory that contains the task files")
         tasks += [builtin_task(name, datasets_dir, train=train_examples, test=test_examples, seed=seed) for name in dataset]
 
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            raise InvalidInputError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
     base = load_base_model(base_model)
     settings = EvalSettings(library=library_config, training=training_config, adapters_dir=adapters_dir, heatmap_dir=heatmaps)
     report = evaluate(base, tasks, settings, progress=not state(ctx).quiet)

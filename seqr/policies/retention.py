@@ -139,17 +139,28 @@ class RetentionJob:
                 summary.seconds = time.perf_counter() - started
                 return summary
             summary.run_id = self.registry.start_retention_run(self.actor, tenant=self.tenant)
+            logger.info("retention run %d started: %d document(s) to remove, %d version(s) to retrain, %d to destroy",
+                        summary.run_id, len(plan.remove), len(plan.retrain), len(plan.destroy))
             try:
                 self._work(plan, summary, lock)
-            except BaseException:
+            except BaseException as error:
                 summary.seconds = time.perf_counter() - started
-                self.registry.finish_retention_run(self.actor, summary.run_id, RunStatus.FAILED, _log_summary(summary))
+                logger.error("retention run %d failed after %.1f s: %s", summary.run_id, summary.seconds, error)
+                self._record_failure(summary)
                 raise
             summary.seconds = time.perf_counter() - started
             self.registry.finish_retention_run(self.actor, summary.run_id, RunStatus.COMPLETED, _log_summary(summary))
             logger.info("retention run %d: removed %d document(s), retrained %d silo(s) in %.1f s", summary.run_id,
                         len(summary.documents_removed), len(summary.silos_retrained), summary.seconds)
             return summary
+
+    def _record_failure(self, summary: RetentionSummary) -> None:
+        """Mark the run failed in the run log; never raises, so the original error is what the caller sees."""
+        assert summary.run_id is not None
+        try:
+            self.registry.finish_retention_run(self.actor, summary.run_id, RunStatus.FAILED, _log_summary(summary))
+        except Exception:  # noqa: BLE001 - the next run marks it interrupted instead
+            logger.exception("could not record retention run %d as failed", summary.run_id)
 
     def _work(self, plan: RetentionPlan, summary: RetentionSummary, lock: HeldLock) -> None:
         for ref in plan.destroy:

@@ -46,7 +46,7 @@ class BaseModel:
 
 
 def cache_root() -> Path:
-    """Return the directory that holds dequantised model copies (``$SEQR_CACHE_DIR`` if set)."""
+    """Return the directory that contains dequantised model copies (``$SEQR_CACHE_DIR`` if set)."""
     override = os.environ.get(CACHE_DIR_VARIABLE)
     if override:
         return Path(override).expanduser()
@@ -80,7 +80,7 @@ def weights_fingerprint(model: nn.Module) -> str:
     """Return the sha256 (hex) of every parameter and buffer of ``model``, by name, as float32 bytes.
 
     Tied weights are hashed under each of their names. Loading the same weights in float32 from a
-    GGUF file or from its cached copy gives the same fingerprint; casting the model to bfloat16
+    GGUF file or from its cached copy gives the same fingerprint. Casting the model to bfloat16
     first changes it, because the cast changes the weights.
     """
     digest = hashlib.sha256()

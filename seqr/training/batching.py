@@ -71,8 +71,8 @@ def collate(pairs: Sequence[EncodedPair], *, pad_token_id: int) -> Batch:
 def target_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run ``model`` and return the logits that predict target tokens, with those tokens and their rows.
 
-    Only the positions followed by a target token go through the output projection (through
-    ``logits_to_keep``, which ``transformers`` causal LMs accept); over a 49k vocabulary that
+    Only the positions followed by a target token go through the output projection, selected with
+    the ``logits_to_keep`` argument of ``transformers`` causal LMs. Over a 49k vocabulary that
     projection is a large share of the compute. Returns logits (K, vocab), targets (K,) and
     rows (K,), in row-major order of the target tokens.
     """

@@ -1,12 +1,12 @@
 """Calibration: mu and sigma of each module's activation norm ||B A x|| on the adapter's own data.
 
 SEQR z-scores each adapter's norm with these statistics before taking the arg max, so that an
-adapter whose B is simply larger does not win every token (SEQR paper, section 4.3).
+adapter whose B is simply larger does not win every token.
 
-Which tokens count is a choice (:class:`CalibrationTokens`). The default is PROMPT: at inference the
-router sees the prompt before any completion exists, and per-sequence routing decides from the
-prompt's tokens alone, so the statistics must describe that same population. The inputs x are
-taken with the adapter itself attached, which is also what the router sees at layers after one
+Which tokens count is a choice (:class:`CalibrationTokens`). The default is PROMPT. At inference
+the router receives the prompt before any completion exists, and per-sequence routing chooses
+from the prompt's tokens alone, so the statistics must describe that same population. The inputs
+x are taken with the adapter itself attached, as the router receives them at the layers after one
 where this adapter was chosen.
 """
 

@@ -1,9 +1,9 @@
 """Evaluate a library of per-task adapters the way the SEQR paper does, on held-out examples.
 
-For every task an adapter is trained (or reused from ``adapters_dir``); then, on each task's test
-examples, the evaluation measures the base model's and the own-task adapter's ("oracle")
-accuracy, the accuracy under each router, each router's routing accuracy, and SEQR's agreement
-with NAIVE norm maximisation on the same activations. Routing runs through
+For every task an adapter is trained, or reused from ``adapters_dir``. On each task's test
+examples the evaluation then measures the accuracy of the base model, of the task's own adapter
+("oracle") and under each router. It also measures each router's routing accuracy, and SEQR's
+agreement with NAIVE norm maximisation on the same activations. Routing runs through
 :func:`seqr.routing.attach_routing`, the layers that serve users.
 """
 

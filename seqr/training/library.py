@@ -1,8 +1,7 @@
 """The library: one shared, frozen A per adapted module, drawn from a recorded seed.
 
 Every adapter of a library is trained against the same A. Each A is (r, n) with entries drawn
-from N(0, 1/r^2), the initialisation of the SEQR paper (Fleshman et al. 2025, "SEQR: Secure and
-Efficient QR-based LoRA Routing"). Draws happen in sorted module-name order from one generator
+from N(0, 1/r^2), the initialisation that the SEQR method specifies. Draws happen in sorted module-name order from one generator
 seeded with ``seed``, so the same seed, rank and module shapes always give the same A. The
 library's fingerprint is the sha256 of the A bytes, which each adapter records as proof of the A
 it was trained against.

@@ -12,7 +12,7 @@ from seqr.training.precision import Precision
 
 @dataclass(frozen=True)
 class LibraryConfig:
-    """How the shared A matrices are drawn: rank, alpha, target module names and the seed."""
+    """Settings of the shared A matrices: rank, alpha, target module names and the seed."""
 
     rank: int = 32
     alpha: float = 64.0

@@ -138,7 +138,7 @@ def calibrated_adapter(
     base: BaseModel, library: Library, b: dict[str, torch.Tensor], examples: Sequence[Example], config: TrainingConfig,
     metrics: dict[str, float],
 ) -> TrainedAdapter:
-    """Calibrate trained B matrices on ``examples`` as ``config`` says and factor them as Q R."""
+    """Calibrate trained B matrices on ``examples`` with ``config``'s calibration settings, and factor them as Q R."""
     started = time.perf_counter()
     statistics = calibrate(
         base.model,

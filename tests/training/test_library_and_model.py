@@ -61,7 +61,16 @@ def test_fingerprint_tracks_weights(tiny_llama) -> None:
     assert weights_fingerprint(tiny_llama) != before
 
 
-def test_local_directory_loads_with_same_fingerprint(tmp_path: Path, tiny_llama) -> None:
+def test_local_directory_loads_and_fingerprints(tiny_model_dir: Path) -> None:
+    first = load_base_model(tiny_model_dir)
+    second = load_base_model(tiny_model_dir)
+    assert first.fingerprint == second.fingerprint
+    assert first.fingerprint == weights_fingerprint(first.model)
+    assert first.tokenizer.pad_token_id == 256
+    assert not any(parameter.requires_grad for parameter in first.model.parameters())
+
+
+def test_directory_with_broken_tokenizer_is_rejected(tmp_path: Path, tiny_llama) -> None:
     tiny_llama.save_pretrained(tmp_path / "model")
     (tmp_path / "model" / "tokenizer_config.json").write_text("{}")
     with pytest.raises(ModelError, match="cannot load the base model"):
