@@ -7,12 +7,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session
 
-from seqr.errors import ConflictError, NotFoundError
+from seqr.errors import ConflictError, ModelError, NotFoundError
 from seqr.policies.retention import plan_retention, remove_now, run_retention
 from seqr.policies.retention_verify import RetentionVerificationError, verify_retention
 from seqr.registry.enums import AdapterStatus, AuditAction
 from seqr.registry.models import AdapterVersion
 from seqr.registry.retention import manifest_document_ids
+from seqr.training.base_model import load_base_model
 
 
 def run(world, **kwargs):
@@ -311,3 +312,20 @@ def test_interrupted_destroy_finished_by_next_run(retention_world):
 
     assert len(leftovers) == 1
     assert world.registry.check_destruction(world.admin).leftovers == []
+
+
+def test_failed_run_is_audited_and_retried(retention_world, make_model_dir, tmp_path):
+    world = retention_world
+    other = load_base_model(make_model_dir(tmp_path / "other-model", seed=1))
+    old = world.active_version("cooking")
+    world.registry.request_removal(world.admin, "cooking", document_ids=[world.documents["cooking"][0]])
+    since = last_audit_id(world)
+
+    with pytest.raises(ModelError, match="is not the base model of library"):
+        run_retention(world.registry, world.admin, load_model=lambda _source: other)
+
+    failed = [detail for action, _target, detail in audit_actions(world, since) if action == AuditAction.RETENTION_RUN.value]
+    assert failed[-1]["phase"] == "failed"
+    assert world.active_version("cooking").id == old.id
+    assert run(world).silos_retrained == ["default/cooking/main"]
+    assert verify_retention(world.registry, world.admin).problems == []
