@@ -155,7 +155,7 @@ class RetentionJob:
             return summary
 
     def _record_failure(self, summary: RetentionSummary) -> None:
-        """Mark the run failed in the run log; never raises, so the original error is what the caller sees."""
+        """Mark the run failed in the run log; never raises, so the caller receives the original error."""
         assert summary.run_id is not None
         try:
             self.registry.finish_retention_run(self.actor, summary.run_id, RunStatus.FAILED, _log_summary(summary))
