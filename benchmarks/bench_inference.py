@@ -91,6 +91,7 @@ def target_modules(model: nn.Module) -> dict[str, nn.Linear]:
 def synthetic_library(modules: dict[str, nn.Linear], count: int, rank: int, seed: int = 0) -> SyntheticLibrary:
     """Draw one A per module and ``count`` random adapters; B is scaled so the update stays small."""
     generator = torch.Generator().manual_seed(seed)
+    device = next(iter(modules.values())).weight.device
     shared_a: dict[str, torch.Tensor] = {}
     b: dict[str, torch.Tensor] = {}
     per_adapter: list[dict[str, ModuleFactors]] = [{} for _ in range(count)]
@@ -100,6 +101,7 @@ def synthetic_library(modules: dict[str, nn.Linear], count: int, rank: int, seed
         stacked = torch.randn(count, m, rank, generator=generator) * 0.01  # (N, m, r)
         q, r = torch.linalg.qr(stacked)  # (N, m, r), (N, r, r)
         b[name] = stacked
+        q, r = q.to(device), r.to(device)
         for i in range(count):
             per_adapter[i][name] = ModuleFactors(q=q[i], r=r[i], mu=SYNTHETIC_MU, sigma=SYNTHETIC_SIGMA)
     adapters = {f"silo-{i:04d}": AdapterFactors(modules) for i, modules in enumerate(per_adapter)}
@@ -114,10 +116,17 @@ def interleaved(calls: dict[str, Callable[[], object]], repeats: int, warmup: in
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
+            synchronize()
             start = time.perf_counter()
             call()
+            synchronize()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def against_base(name: str, adapters: int, rank: int, times: dict[str, list[float]]) -> Measurement:
@@ -225,7 +234,8 @@ def measure_generation(base: nn.Module, count: int, rank: int, batch: int, promp
     routed_model = copy.deepcopy(base)
     library = synthetic_library(target_modules(routed_model), count, rank)
     routed = attach_routing(routed_model, library.shared_a, library.adapters, scaling=2.0)
-    input_ids = torch.randint(100, 10_000, (batch, prompt_tokens), generator=torch.Generator().manual_seed(1))
+    device = next(base.parameters()).device
+    input_ids = torch.randint(100, 10_000, (batch, prompt_tokens), generator=torch.Generator().manual_seed(1)).to(device)
     mask = torch.ones_like(input_ids)
     settings = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": 0}
 
@@ -267,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=32, help="Generated tokens per prompt.")
     parser.add_argument("--repeats", type=int, default=3, help="Timed rounds; the fastest is reported.")
     parser.add_argument("--threads", type=int, default=None, help="Torch intra-op threads (default: torch's choice).")
+    parser.add_argument("--device", default="cpu", help="Torch device, for example cpu or cuda.")
     parser.add_argument("--json", type=Path, default=None, help="Write the results as JSON to this file.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
@@ -274,11 +285,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     base_model = load_base_model()
-    base = base_model.model.eval()
-    input_ids = torch.randint(100, 10_000, (args.batch, args.tokens), generator=torch.Generator().manual_seed(0))
+    device = torch.device(args.device)
+    base = base_model.model.to(device).eval()
+    input_ids = torch.randint(100, 10_000, (args.batch, args.tokens), generator=torch.Generator().manual_seed(0)).to(device)
     ranks = parse_counts(args.ranks)
     report: dict[str, object] = {
-        "machine": describe_machine(torch.device("cpu")),
+        "machine": describe_machine(device),
         "command": " ".join(sys.argv),
         "batch": args.batch, "tokens": args.tokens, "repeats": args.repeats,
         "adapted_modules": len(target_modules(base)),
