@@ -6,6 +6,7 @@ Exit status: 0 success, 1 an error (one line on stderr, a traceback only with ``
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import sys
@@ -17,6 +18,13 @@ import typer
 from seqr.cli import app_commands, bench_commands, registry_commands, retention_commands, training_commands
 from seqr.cli.state import CliState
 from seqr.errors import LockHeldError, SeqrError
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -46,12 +54,13 @@ def root(
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or informational output.")] = False,
+    log_level: Annotated[
+        LogLevel, typer.Option("--log-level", help="Level of the log lines on stderr (--debug sets debug).")
+    ] = LogLevel.WARNING,
 ) -> None:
     ctx.obj = CliState(registry=registry, token=token, debug=debug, quiet=quiet)
-    logging.basicConfig(
-        level=logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if debug else getattr(logging, log_level.value.upper())
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 for module in (registry_commands, app_commands, retention_commands, training_commands, bench_commands):
