@@ -276,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=64, help="Prompt tokens in the generation measurement.")
     parser.add_argument("--new-tokens", type=int, default=32, help="Generated tokens per prompt.")
     parser.add_argument("--repeats", type=int, default=3, help="Timed rounds; the fastest is reported.")
+    parser.add_argument("--peft-repeats", type=int, default=2,
+                        help="Timed rounds of the PEFT comparison (PEFT's Arrow computes every adapter for every token).")
     parser.add_argument("--threads", type=int, default=None, help="Torch intra-op threads (default: torch's choice).")
     parser.add_argument("--device", default="cpu", help="Torch device, for example cpu or cuda.")
     parser.add_argument("--json", type=Path, default=None, help="Write the results as JSON to this file.")
@@ -292,14 +294,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, object] = {
         "machine": describe_machine(device),
         "command": " ".join(sys.argv),
-        "batch": args.batch, "tokens": args.tokens, "repeats": args.repeats,
+        "batch": args.batch, "tokens": args.tokens, "repeats": args.repeats, "peft_repeats": args.peft_repeats,
         "adapted_modules": len(target_modules(base)),
     }
     with torch.inference_mode():
         forward = measure_seqr_forward(base, input_ids, parse_counts(args.adapters), ranks, args.repeats)
         report["forward"] = [{**asdict(m), "ratio": m.ratio} for m in forward]
         if args.peft_adapters.strip():
-            peft, setup = measure_peft(base, input_ids, parse_counts(args.peft_adapters), ranks[0], args.repeats)
+            peft, setup = measure_peft(base, input_ids, parse_counts(args.peft_adapters), ranks[0], args.peft_repeats)
             report["peft"] = [{**asdict(m), "ratio": m.ratio} for m in peft]
             report["peft_arrow_setup_seconds"] = setup
         if args.generate_adapters > 0:

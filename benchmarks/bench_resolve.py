@@ -2,8 +2,8 @@
 
 The registry holds ``--silos`` silos, each with one active adapter version of a tiny library
 (one 8 x 8 module), the first ``--api-silos`` filled through the registry API and the rest
-inserted as rows (see :func:`fill`), and three users: ``direct`` holds a use grant on ``--direct`` silos,
-``group`` is a member of a group granted every silo, ``nobody`` holds no grant. Per user it times
+inserted as rows (see :func:`fill`), and three users: ``direct`` has a use grant on ``--direct`` silos,
+``group`` is a member of a group granted every silo, ``nobody`` has no grant. Per user it times
 the two reads of a request: ``check_principal`` (run by every request) and ``authorized_adapters``
 (run when the change counter moved), each as the fastest and the median of ``--repeats`` calls.
 
@@ -75,8 +75,8 @@ def fill(registry: Registry, admin: Principal, silos: int, direct: int, api_silo
 
     The first ``api_silos`` silos go through the registry API (encrypted factors, audit events).
     The rest are inserted as rows in one transaction: a silo, an active version without a data
-    key or blob, and the grants. Resolving reads only those rows, so it sees the same tables, and
-    filling 10,000 silos through the API took about 70 ms per silo on the 2-core benchmark machine.
+    key or blob, and the grants. Resolving reads only those rows and tables. Filling through the API took about 70 ms per
+    silo on the 2-core benchmark machine (200 silos), too slow for 10,000.
     """
     generator = torch.Generator().manual_seed(0)
     registry.add_library(

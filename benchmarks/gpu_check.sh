@@ -54,7 +54,7 @@ for row in report["layer"]["results"]:
 PY
 
 # Routed forward and generation against the base model and PEFT, then the cold start. A failure
-# or timeout is reported at the end; the logs in OUTPUT_DIR say which step stopped.
+# or timeout is reported at the end; the logs in OUTPUT_DIR show which step stopped.
 inference_status=0
 timeout 300 "$python" benchmarks/bench_inference.py --device "$device" "${inference_args[@]}" \
     --json "$out/bench_inference.json" >"$out/bench_inference.log" 2>&1 || inference_status=$?

@@ -1,4 +1,4 @@
-"""Where the time of loading a routed model goes: resolve, decrypt, device transfer, attach, first forward."""
+"""Load timings of a routed model, split into resolve, decrypt, device transfer, attach and first forward."""
 
 from __future__ import annotations
 
