@@ -60,10 +60,24 @@ class Measurement:
     base_seconds: float
     median_seconds: float
     base_median_seconds: float
+    cpu_seconds: float
+    base_cpu_seconds: float
 
     @property
     def ratio(self) -> float:
         return self.seconds / self.base_seconds
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.cpu_seconds / self.base_cpu_seconds
+
+
+@dataclass
+class Times:
+    """Wall-clock and process CPU seconds of the timed calls of one name."""
+
+    wall: list[float]
+    cpu: list[float]
 
 
 @dataclass(frozen=True)
@@ -108,19 +122,24 @@ def synthetic_library(modules: dict[str, nn.Linear], count: int, rank: int, seed
     return SyntheticLibrary(shared_a=shared_a, b=b, adapters=adapters)
 
 
-def interleaved(calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Time each call ``repeats`` times, one call of each per round, after ``warmup`` untimed rounds."""
+def interleaved(calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, Times]:
+    """Time each call ``repeats`` times, one call of each per round, after ``warmup`` untimed rounds.
+
+    Process CPU time is recorded next to wall time: on a CPU shared with other jobs, CPU time
+    counts only this process's work, so it varies less than wall time.
+    """
     for _ in range(warmup):
         for call in calls.values():
             call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
+    times = {name: Times(wall=[], cpu=[]) for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
             synchronize()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             call()
             synchronize()
-            times[name].append(time.perf_counter() - start)
+            times[name].wall.append(time.perf_counter() - start)
+            times[name].cpu.append(time.process_time() - cpu_start)
     return times
 
 
@@ -129,14 +148,16 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def against_base(name: str, adapters: int, rank: int, times: dict[str, list[float]]) -> Measurement:
+def against_base(name: str, adapters: int, rank: int, times: dict[str, Times]) -> Measurement:
+    timed, base = times[name], times["base"]
     result = Measurement(
         name=name, adapters=adapters, rank=rank,
-        seconds=min(times[name]), base_seconds=min(times["base"]),
-        median_seconds=statistics.median(times[name]), base_median_seconds=statistics.median(times["base"]),
+        seconds=min(timed.wall), base_seconds=min(base.wall),
+        median_seconds=statistics.median(timed.wall), base_median_seconds=statistics.median(base.wall),
+        cpu_seconds=min(timed.cpu), base_cpu_seconds=min(base.cpu),
     )
-    logger.info("%s N=%d r=%d: %.3f s, base %.3f s, ratio %.3f", name, adapters, rank, result.seconds,
-                result.base_seconds, result.ratio)
+    logger.info("%s N=%d r=%d: %.3f s, base %.3f s, ratio %.3f; CPU time ratio %.3f", name, adapters, rank,
+                result.seconds, result.base_seconds, result.ratio, result.cpu_ratio)
     return result
 
 
@@ -251,11 +272,13 @@ def measure_generation(base: nn.Module, count: int, rank: int, batch: int, promp
     generated = batch * new_tokens
     result = {
         "adapters": count, "rank": rank, "batch": batch, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-        "base_seconds": min(times["base"]), "seqr_seconds": min(times["seqr"]),
-        "base_tokens_per_second": generated / min(times["base"]),
-        "seqr_tokens_per_second": generated / min(times["seqr"]),
+        "base_seconds": min(times["base"].wall), "seqr_seconds": min(times["seqr"].wall),
+        "base_cpu_seconds": min(times["base"].cpu), "seqr_cpu_seconds": min(times["seqr"].cpu),
+        "base_tokens_per_second": generated / min(times["base"].wall),
+        "seqr_tokens_per_second": generated / min(times["seqr"].wall),
     }
     result["throughput_ratio"] = result["seqr_tokens_per_second"] / result["base_tokens_per_second"]
+    result["cpu_time_ratio"] = result["seqr_cpu_seconds"] / result["base_cpu_seconds"]
     logger.info("generation N=%d: base %.1f tok/s, seqr %.1f tok/s", count, result["base_tokens_per_second"],
                 result["seqr_tokens_per_second"])
     return result
@@ -299,10 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     with torch.inference_mode():
         forward = measure_seqr_forward(base, input_ids, parse_counts(args.adapters), ranks, args.repeats)
-        report["forward"] = [{**asdict(m), "ratio": m.ratio} for m in forward]
+        report["forward"] = [{**asdict(m), "ratio": m.ratio, "cpu_ratio": m.cpu_ratio} for m in forward]
         if args.peft_adapters.strip():
             peft, setup = measure_peft(base, input_ids, parse_counts(args.peft_adapters), ranks[0], args.peft_repeats)
-            report["peft"] = [{**asdict(m), "ratio": m.ratio} for m in peft]
+            report["peft"] = [{**asdict(m), "ratio": m.ratio, "cpu_ratio": m.cpu_ratio} for m in peft]
             report["peft_arrow_setup_seconds"] = setup
         if args.generate_adapters > 0:
             report["generation"] = measure_generation(
