@@ -8,7 +8,8 @@ from seqr.routing.factors import AdapterFactors, ModuleFactors
 from seqr.routing.layer import RoutedLinear
 from seqr.routing.library import StackedFactors
 from seqr.routing.methods import Granularity, RoutingConfig, RoutingMethod
-from seqr.routing.routers import RouteDecision, Router, build_router, make_router
+from seqr.routing.router import RouteDecision, Router
+from seqr.routing.routers import build_router, make_router
 from seqr.routing.trace import NO_ADAPTER, LayerRecord, Phase, RoutingTrace
 
 __all__ = [

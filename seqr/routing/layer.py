@@ -12,7 +12,8 @@ from torch import nn
 from seqr.errors import InvalidInputError
 from seqr.routing.library import StackedFactors
 from seqr.routing.methods import Granularity, RoutingConfig, RoutingMethod
-from seqr.routing.routers import RouteDecision, Router, build_router, float32_math
+from seqr.routing.router import RouteDecision, Router, float32_math
+from seqr.routing.routers import build_router
 from seqr.routing.trace import NO_ADAPTER, LayerRecord, Phase, RoutingTrace
 
 logger = logging.getLogger(__name__)

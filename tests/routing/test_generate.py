@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seqr.routing import Phase, attach_routing
-from seqr.routing.routers import masked_mean
+from seqr.routing.router import masked_mean
 
 PROMPTS = [[7, 30, 2], [11, 12, 13, 14, 15], [90, 4, 61, 33]]
 PAD = 0
