@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--test-examples", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rank", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--calibration-tokens", default="prompt", choices=[t.value for t in CalibrationTokens])
     parser.add_argument("--skip-leading", type=int, default=0, help="Leading prompt tokens left out of calibration.")
     parser.add_argument("--adapters-dir", type=Path, default=None)
@@ -50,6 +52,10 @@ def main() -> None:
     library_config, training_config = PRESETS[Preset.CPU]
     if args.rank is not None:
         library_config = replace(library_config, rank=args.rank, alpha=2.0 * args.rank)
+    if args.epochs is not None:
+        training_config = replace(training_config, epochs=args.epochs)
+    if args.learning_rate is not None:
+        training_config = replace(training_config, learning_rate=args.learning_rate)
     training_config = replace(
         training_config, seed=args.seed, calibration_tokens=CalibrationTokens(args.calibration_tokens),
         calibration_skip_leading=args.skip_leading,
@@ -122,11 +128,15 @@ def main() -> None:
     result["token_accuracy"] = float(token_hits.sum() / token_total.sum())
     result["mean_raw_norm_first_token"] = sum(first_token_raw) / len(first_token_raw)
     result["mean_raw_norm_other_tokens"] = sum(other_token_raw) / len(other_token_raw)
+    result["final_epoch_loss"] = {
+        t.name: train_or_load(base, library, t, training_config, args.adapters_dir, progress=False).metrics["final_epoch_loss"]
+        for t in tasks
+    } if args.adapters_dir else None
     result["wall_seconds"] = time.perf_counter() - started
     text = json.dumps(result, indent=1)
     if args.json:
         args.json.write_text(text + "\n")
-    print(json.dumps({k: result[k] for k in ("example_accuracy", "token_accuracy", "mean_raw_norm_first_token", "mean_raw_norm_other_tokens", "wall_seconds")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("example_accuracy", "token_accuracy", "final_epoch_loss", "mean_raw_norm_first_token", "mean_raw_norm_other_tokens", "wall_seconds")}, indent=1))
     print("confusion z_all", confusion["z_all"], "z_skip_first", confusion["z_skip_first"])
 
 
