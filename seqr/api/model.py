@@ -9,6 +9,7 @@ revoked grant or a replaced version never serves another request.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -68,6 +69,8 @@ class RoutedLanguageModel:
         self._request_start = time.perf_counter()
         self._forward_hook = self.model.register_forward_hook(self._after_forward)
         self._prepare_tokenizer()
+        accepts_logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._no_logits: dict[str, int] = {"logits_to_keep": 1} if accepts_logits_to_keep else {}
         self.refresh()
 
     # Registry state.
@@ -218,12 +221,17 @@ class RoutedLanguageModel:
     def route_many(self, texts: Sequence[str], *, batch_size: int = 8) -> list[RouteExplanation]:
         """Explain the routing of several texts, batched ``batch_size`` at a time."""
         texts = self._checked(list(texts))
-        explanations: list[RouteExplanation] = []
+        # Batching texts of similar length keeps padding, which is computed and then discarded, small.
+        lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda position: lengths[position])
+        explanations: dict[int, RouteExplanation] = {}
         with self._lock:
             self._start_request()
-            for start in range(0, len(texts), batch_size):
-                explanations.extend(self._route_batch(texts[start:start + batch_size]))
-        return explanations
+            for start in range(0, len(order), batch_size):
+                positions = order[start:start + batch_size]
+                batch = self._route_batch([texts[position] for position in positions])
+                explanations.update(zip(positions, batch, strict=True))
+        return [explanations[position] for position in range(len(texts))]
 
     def _route_batch(self, texts: list[str]) -> list[RouteExplanation]:
         encoded = self._encode(texts, reserve=0)
@@ -237,7 +245,9 @@ class RoutedLanguageModel:
             return [RouteExplanation(text, toks, (), {}) for text, toks in zip(texts, tokens, strict=True)]
         routed = self._routed
         with torch.no_grad(), routed.capture() as trace:
-            self.model(**encoded)
+            # Routing needs no next-token logits; projecting only the last position onto the
+            # vocabulary saves most of the LM head's work.
+            self.model(**encoded, **self._no_logits)
         routed.reset()
         silos = routed.adapter_ids
         per_text: list[dict[str, ModuleRoute]] = [{} for _ in texts]

@@ -106,3 +106,13 @@ def test_prompt_longer_than_context_rejected(world):
     model = login(world.registry, world.tokens["bob"]).load_model(world.model_dir, device="cpu")
     with pytest.raises(InvalidInputError, match="context of 256 tokens"):
         model.generate("x" * 300, max_new_tokens=1)
+
+
+def test_route_many_keeps_input_order(world):
+    model = login(world.registry, world.tokens["alice"]).load_model(world.model_dir, device="cpu")
+    texts = ["Invoice 3: pay 21 EUR by Friday, then file it.", "Stir.", "Add salt to the soup."]
+    explanations = model.route_many(texts, batch_size=2)
+    assert [explanation.text for explanation in explanations] == texts
+    for explanation in explanations:
+        assert set(explanation.mean_scores()) == {"cooking", "finance"}
+        assert explanation.sequence_silo() in {"cooking", "finance"}
