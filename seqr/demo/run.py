@@ -55,7 +55,10 @@ class DemoReport:
     """The numbers the demo prints, for tests and scripts."""
 
     silos: list[str] = field(default_factory=list)
-    accuracy: dict[str, float] = field(default_factory=dict)  # user -> share of held-out texts routed to their silo
+    # user -> share of held-out texts whose mean routing score is highest for their own silo
+    accuracy: dict[str, float] = field(default_factory=dict)
+    # user -> share of (token, module) routing decisions on held-out text that chose the text's silo
+    token_accuracy: dict[str, float] = field(default_factory=dict)
     outside_grants: dict[str, int] = field(default_factory=dict)  # user -> token-layer decisions outside grants
     retention: dict[str, object] = field(default_factory=dict)
     audit_events: int = 0
@@ -200,7 +203,7 @@ def _as_user(
 ) -> None:
     model = registry.login(token).load_model(base)
     try:
-        correct = total = outside = 0
+        correct = total = outside = token_hits = token_total = 0
         per_silo: list[str] = []
         for silo, documents in held_out.items():
             explanations = model.route_many([document.text for document in documents])
@@ -209,14 +212,20 @@ def _as_user(
                 for choice in route.chosen if choice is not None and choice not in granted
             )
             if silo in granted:
-                hits = sum(1 for explanation in explanations if explanation.top_silo() == silo)
+                hits = sum(1 for explanation in explanations if explanation.sequence_silo() == silo)
                 correct += hits
                 total += len(explanations)
                 per_silo.append(f"{silo} {hits}/{len(explanations)}")
+                decisions = [choice for explanation in explanations for route in explanation.modules.values()
+                             for choice in route.chosen]
+                token_hits += sum(1 for choice in decisions if choice == silo)
+                token_total += len(decisions)
         report.accuracy[user] = correct / total if total else 0.0
+        report.token_accuracy[user] = token_hits / token_total if token_total else 0.0
         report.outside_grants[user] = outside
         echo(f"   {user}: routes among {', '.join(model.silos)}")
-        echo(f"     routing accuracy on held-out text of its silos: {report.accuracy[user]:.0%} ({'; '.join(per_silo)})")
+        echo(f"     routing accuracy on held-out text of its silos: {report.accuracy[user]:.0%} of texts "
+             f"({'; '.join(per_silo)}), {report.token_accuracy[user]:.0%} of token-layer decisions")
         echo(f"     token-layer decisions outside its grants, over all silos' held-out text: {outside}")
         (completion,) = model.generate("Write one sentence about Python.", max_new_tokens=24)
         echo(f"     generated: {completion.strip()!r}")
