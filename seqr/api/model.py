@@ -113,11 +113,13 @@ class RoutedLanguageModel:
             if set(wanted) != set(self._versions):
                 timings = LoadTimings(resolve_seconds=time.perf_counter() - start)
                 self._cache.drop(set(self._versions) - set(wanted))
-                adapters = {}
-                for key, version in sorted(wanted.items(), key=lambda item: item[1].silo):
-                    adapters[version.silo] = self._cache.get_or_load(
-                        key, lambda version_id=version.id: registry.load_adapter(principal, version_id).factors, timings
-                    )
+                ordered = sorted(wanted, key=lambda key: wanted[key].silo)
+                factors = self._cache.get_or_load_many(
+                    ordered,
+                    lambda missing: [loaded.factors for loaded in registry.load_adapters(principal, [key[1] for key in missing])],
+                    timings,
+                )
+                adapters = {wanted[key].silo: factors[key] for key in ordered}
                 timings.adapters = len(adapters)
                 timings.adapter_bytes = sum(factors.nbytes() for factors in adapters.values())
                 attach_start = time.perf_counter()
