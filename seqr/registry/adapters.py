@@ -282,12 +282,14 @@ class AdapterMixin(SiloMixin):
                 return []
             # One query per table for the names: a session.get per row took about 0.4 ms per
             # adapter on SQLite (benchmarks/bench_resolve.py), seconds for 10,000 authorised silos.
-            silo_names = dict(session.execute(
-                select(Silo.id, Silo.name).where(Silo.id.in_({row.silo_id for row in rows}))
-            ).tuples().all())
-            library_names = dict(session.execute(
-                select(LibraryRow.id, LibraryRow.name).where(LibraryRow.id.in_({row.library_id for row in rows}))
-            ).tuples().all())
+            silo_names: dict[int, str] = {
+                silo_id: name for silo_id, name in session.execute(
+                    select(Silo.id, Silo.name).where(Silo.id.in_({row.silo_id for row in rows})))
+            }
+            library_names: dict[int, str] = {
+                library_id: name for library_id, name in session.execute(
+                    select(LibraryRow.id, LibraryRow.name).where(LibraryRow.id.in_({row.library_id for row in rows})))
+            }
             return [
                 self._version_info(row, actor.tenant, silo_names[row.silo_id], library_names[row.library_id])
                 for row in rows
