@@ -27,7 +27,7 @@ from seqr.training.adapter_file import load_adapter, save_adapter
 from seqr.training.base_model import BaseModel
 from seqr.training.data import ChoiceExample, CompletionExample, Example, example_to_json
 from seqr.training.library import Library, create_library
-from seqr.training.precision import Precision, autocast
+from seqr.training.precision import autocast
 from seqr.training.presets import LibraryConfig, TrainingConfig
 from seqr.training.routing_stats import NormTally, RoutingTally, module_statistics
 from seqr.training.scoring import EncodedChoices, PromptState, choice_scores, encode_choices, run_prompt
@@ -218,10 +218,6 @@ def _evaluate_task(
     correct: dict[str, list[bool]] = {"base": [], label: []} if is_oracle else {label: []}
     tally = RoutingTally(len(routed.adapter_ids), num_layers)
     precision = settings.training.precision
-    if spec.method is RoutingMethod.LAG:
-        # NOTE: seqr.routing's LAG scoring fails under bfloat16 autocast (it writes bfloat16 norms into a
-        # float32 tensor), so LAG passes run in float32.
-        precision = Precision.FLOAT32
     for example in task.test:
         encoded = encode_choices(base.tokenizer, example, max_length=settings.training.max_length)
         with autocast(precision, device):
