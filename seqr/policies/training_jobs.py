@@ -25,7 +25,7 @@ from seqr.registry.views import Library as RegistryLibrary
 from seqr.training.base_model import BaseModel
 from seqr.training.calibrate import CalibrationTokens
 from seqr.training.data import Example, TextExample, example_from_json
-from seqr.training.library import Library, a_fingerprint
+from seqr.training.library import Library
 from seqr.training.precision import Precision
 from seqr.training.presets import TrainingConfig
 from seqr.training.train import train_adapter
@@ -119,7 +119,7 @@ def train_silo_adapter(
         trained = train_adapter(base, library, examples, config, progress=progress)
     except KeyboardInterrupt:
         raise TrainingError(f"training of silo {silo!r} was interrupted; nothing was stored") from None
-    if trained.a_fingerprint != a_fingerprint(registry_library.shared_a):
+    if trained.a_fingerprint != registry_library.info.a_fingerprint:
         raise TrainingError(f"the adapter of silo {silo!r} was trained against another A; nothing was stored")
 
     manifest = {"documents": [manifest_entry(document) for document in used], **(extra_manifest or {})}

@@ -7,7 +7,6 @@ and finiteness before any tensor is returned.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 
@@ -17,6 +16,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from seqr.errors import AdapterFormatError, IntegrityError
+from seqr.fingerprints import fingerprint_tensors
 from seqr.routing.factors import AdapterFactors, ModuleFactors
 
 FACTORS_FORMAT = "seqr-factors-v1"
@@ -82,18 +82,6 @@ def _module(name: str, parts: Mapping[str, torch.Tensor], rank: int | None) -> M
         if sigma <= 0:
             raise AdapterFormatError(f"sigma of module {name!r} is {sigma}; it must be positive")
     return ModuleFactors(q=q, r=r, mu=mu, sigma=sigma)
-
-
-def fingerprint_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes in name order, independent of file layout."""
-    digest = hashlib.sha256(b"seqr-tensors-v1")
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().contiguous().cpu()
-        header = json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode()
-        digest.update(len(header).to_bytes(8, "big") + header)
-        raw = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-        digest.update(len(raw).to_bytes(8, "big") + raw)
-    return digest.hexdigest()
 
 
 def encode_shared_a(shared_a: Mapping[str, torch.Tensor], rank: int) -> tuple[bytes, str]:

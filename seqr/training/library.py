@@ -9,7 +9,6 @@ it was trained against.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from seqr.errors import AdapterFormatError, InvalidInputError
+from seqr.fingerprints import fingerprint_tensors
 from seqr.training.atomic import atomic_path
 
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -53,14 +53,8 @@ class Library:
 
 
 def a_fingerprint(a: Mapping[str, torch.Tensor]) -> str:
-    """Return the sha256 (hex) of the A matrices: name, shape and float32 bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(a):
-        matrix = a[name].detach().to(device="cpu", dtype=torch.float32).contiguous()
-        digest.update(name.encode())
-        digest.update(str(tuple(matrix.shape)).encode())
-        digest.update(matrix.numpy().tobytes())
-    return digest.hexdigest()
+    """Return the fingerprint of the A matrices as float32, the same value the registry stores."""
+    return fingerprint_tensors({name: matrix.detach().to(device="cpu", dtype=torch.float32) for name, matrix in a.items()})
 
 
 def layer_index(module_name: str) -> int | None:
