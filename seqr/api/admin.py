@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from seqr.api.session import check_base_model, load_shared_base
+from seqr.api.session import check_base_model, load_shared_base, model_source
 from seqr.errors import InvalidInputError, NotFoundError
 from seqr.policies.training_jobs import TrainingJobResult, document_examples, train_silo_adapter, training_library
 from seqr.registry import AdapterStatus, Registry
@@ -51,11 +51,10 @@ def create_library(
         base.model, base_fingerprint=base.fingerprint, rank=rank,
         alpha=float(alpha if alpha is not None else 2 * rank), seed=seed, targets=tuple(targets),
     )
-    source = None if base_model is None else str(Path(base_model).expanduser().resolve()) if Path(base_model).expanduser().exists() else str(base_model)
     return registry.add_library(
         actor, name, base_model_fingerprint=base.fingerprint, target_modules=library.module_names,
         rank=library.rank, alpha=library.alpha, seed=library.seed, shared_a=library.a,
-        tenant=tenant, base_model_source=source,
+        tenant=tenant, base_model_source=model_source(base_model),
     )
 
 
@@ -68,7 +67,7 @@ def library_base_model(registry: Registry, actor: Principal, library: str, *, te
 
 
 def training_config(preset: Preset | str = Preset.CPU, *, epochs: int | None = None, seed: int | None = None) -> TrainingConfig:
-    """The training settings of ``preset`` with optional overrides."""
+    """Return the training settings of ``preset`` with optional overrides."""
     try:
         config = PRESETS[Preset(preset)][1]
     except ValueError as error:

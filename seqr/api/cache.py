@@ -2,7 +2,7 @@
 
 A version's factors never change once stored (a retrain creates a new version), so a cached entry
 can only become stale by losing its authorisation or being replaced. The model wrapper drops
-entries when the registry says so; this class only stores them.
+entries when the registry's change counter shows such a change; this class only stores them.
 """
 
 from __future__ import annotations

@@ -38,12 +38,12 @@ class RouteExplanation:
         return {silo: count / total for silo, count in counts.most_common()} if total else {}
 
     def top_silo(self) -> str | None:
-        """The silo that received the most (token, module) decisions, or None without adapters."""
+        """Return the silo that received the most (token, module) decisions, or None without adapters."""
         shares = self.silo_shares()
         return next(iter(shares), None)
 
     def mean_scores(self) -> dict[str, float]:
-        """Mean routing score of each silo over every token and adapted module."""
+        """Return the mean routing score of each silo over every token and adapted module."""
         totals = [0.0] * len(self.silos)
         count = 0
         for route in self.modules.values():
@@ -54,13 +54,15 @@ class RouteExplanation:
         return {silo: total / count for silo, total in zip(self.silos, totals, strict=True)} if count else {}
 
     def sequence_silo(self) -> str | None:
-        """The silo with the highest mean score over the whole text: one choice per text, as
-        per-sequence routing makes it, and less noisy than any single token's choice."""
+        """Return the silo with the highest mean score over the whole text.
+
+        This is one choice per text, as per-sequence routing makes it, and less noisy than any
+        single token's choice."""
         means = self.mean_scores()
         return max(means, key=means.__getitem__) if means else None
 
     def chosen_silos(self) -> set[str]:
-        """Every silo chosen anywhere in the text."""
+        """Return every silo chosen anywhere in the text."""
         return {silo for route in self.modules.values() for silo in route.chosen if silo is not None}
 
     def to_json(self) -> dict[str, Any]:

@@ -2,9 +2,9 @@
 
 Every request (``generate``, ``route``, ``logits``) starts with :meth:`RoutedLanguageModel.refresh`:
 one read of the registry that re-checks the caller's token and principal and returns the
-registry's change counter. Only when the counter moved are the authorised adapters resolved again;
-versions no longer authorised are dropped from the device cache and the routing is rebuilt, so a
-revoked grant or a replaced version never serves another request.
+registry's change counter. Only when the counter moved are the authorised adapters resolved
+again. Versions no longer authorised are then dropped from the device cache and the routing is
+rebuilt, so a revoked grant or a replaced version never serves another request.
 """
 
 from __future__ import annotations
@@ -105,27 +105,27 @@ class RoutedLanguageModel:
             generation = registry.check_principal(principal)
             if generation == self._generation:
                 return
-            wanted = {
+            authorised = {
                 (principal.tenant_id, version.id): version
                 for version in registry.authorized_adapters(principal)
                 if version.library == self.library.info.name
             }
-            if set(wanted) != set(self._versions):
+            if set(authorised) != set(self._versions):
                 timings = LoadTimings(resolve_seconds=time.perf_counter() - start)
-                self._cache.drop(set(self._versions) - set(wanted))
-                ordered = sorted(wanted, key=lambda key: wanted[key].silo)
+                self._cache.drop(set(self._versions) - set(authorised))
+                ordered = sorted(authorised, key=lambda key: authorised[key].silo)
                 factors = self._cache.get_or_load_many(
                     ordered,
                     lambda missing: [loaded.factors for loaded in registry.load_adapters(principal, [key[1] for key in missing])],
                     timings,
                 )
-                adapters = {wanted[key].silo: factors[key] for key in ordered}
+                adapters = {authorised[key].silo: factors[key] for key in ordered}
                 timings.adapters = len(adapters)
                 timings.adapter_bytes = sum(factors.nbytes() for factors in adapters.values())
                 attach_start = time.perf_counter()
                 self._attach(adapters)
                 timings.attach_seconds = time.perf_counter() - attach_start
-                self._versions = wanted
+                self._versions = authorised
                 self.load_timings = timings
                 self._first_forward_pending = True
                 logger.info(

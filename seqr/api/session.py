@@ -39,18 +39,24 @@ def default_device() -> torch.device:
 
 
 def adapter_cache(registry: Registry, device: torch.device) -> AdapterCache:
-    """The device cache of decrypted adapters shared by every session of ``registry`` in this process."""
+    """Return the device cache of decrypted adapters that every session of ``registry`` in this process shares."""
     per_device = _caches.setdefault(registry, {})
     return per_device.setdefault(device, AdapterCache(device))
 
 
+def model_source(source: str | Path | None) -> str | None:
+    """Normalise a base model source: an existing path becomes absolute, a hub id stays as given."""
+    if source is None:
+        return None
+    path = Path(source).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return str(source)
+
+
 def load_shared_base(source: str | Path | None) -> BaseModel:
     """Load a base model once per process and return a private copy the caller may modify."""
-    if source is None:
-        key = "<default>"
-    else:
-        path = Path(source).expanduser()
-        key = str(path.resolve()) if path.exists() else str(source)
+    key = model_source(source) or "<default>"
     with _base_models_lock:
         cached = _base_models.get(key)
         if cached is None:
@@ -69,7 +75,7 @@ class Session:
         self.principal = principal
 
     def authorized_silos(self) -> list[str]:
-        """The silos whose active adapters this principal may use, sorted."""
+        """Return the sorted names of the silos whose active adapters this principal may use."""
         return sorted({version.silo for version in self.registry.authorized_adapters(self.principal)})
 
     def load_model(

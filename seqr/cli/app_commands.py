@@ -167,9 +167,10 @@ def adapter_show(
             documents = version.manifest.get("documents", [])
             lines.append(f"  trained on {len(documents)} document(s): "
                          + ", ".join(str(document["id"]) for document in documents))
-    value = [
-        {**version.to_json(), **({} if manifest else {"manifest": None})} for version in versions
-    ]
+    value = [version.to_json() for version in versions]
+    if not manifest:
+        for entry in value:
+            entry["manifest"] = None
     emit(ctx, as_json, value, lines)
 
 

@@ -1,7 +1,7 @@
 """`seqr demo`: the whole system, end to end, on real text found on this machine.
 
 The demo creates a fresh registry and loads SmolLM2-135M-Instruct offline. It creates a tenant
-with three silos of real text, holds part of each silo out, and trains and calibrates one adapter
+with three silos of real text, keeps part of each silo out of training, and trains and calibrates one adapter
 per silo. Then it creates users with different grants. As each user it routes every silo's
 held-out text, checks that no token at any layer went to an adapter outside the user's grants,
 and generates a short completion. Finally the retention job handles an erasure request in one

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainingJobResult:
-    """What a training job stored: the new version, the documents it used and the time it took."""
+    """Result of a training job: the stored version, the documents it used and the time it took."""
 
     version: AdapterVersionInfo
     document_ids: list[int]
