@@ -161,6 +161,8 @@ class RoutedLanguageModel:
 
     def close(self) -> None:
         """Detach the adapters and release the cached factors this model used."""
+        # NOTE: the cache is shared by every session of the registry, so another session that
+        # still routes among these versions decrypts them again on its next change.
         with self._lock:
             if self._routed is not None:
                 self._routed.detach()
