@@ -93,8 +93,24 @@ class RoutedLinear(nn.Module):
             return output
         # The base layer follows the caller's autocast; routing and the update stay float32.
         with float32_math(x.device):
+            if self._fused_applies(output):
+                rows = x.reshape(-1, x.shape[-1]).to(torch.float32)
+                if self.router.add_routed_update(rows, output.view(-1, output.shape[-1]), self.scaling):
+                    return output
             update = self._routed_update(x)
         return output + update.to(output.dtype).view(*x.shape[:-1], -1)
+
+    def _fused_applies(self, output: torch.Tensor) -> bool:
+        """Return True when the router may add the update into ``output`` in place: plain top-1 token routing."""
+        state = self.state
+        return (
+            state.override is Override.NONE
+            and state.trace is None
+            and self.granularity is Granularity.TOKEN
+            and output.dtype == torch.float32
+            and output.is_contiguous()
+            and not (output.requires_grad and torch.is_grad_enabled())
+        )
 
     def _routed_update(self, x: torch.Tensor) -> torch.Tensor:
         """Return scaling times the routed update of every token of ``x``, float32 (T, m); record it when capturing."""

@@ -168,7 +168,7 @@ class StackedFactors:
         device = a.device
         return cls(
             a=a.detach().to(torch.float32).contiguous(),
-            q=torch.stack(qs).to(device),  # (N, m, r)
+            q=stack_q(qs).to(device),  # (N, m, r)
             r=torch.stack(rs).to(device),  # (N, r, r)
             mu=None if mu_t is None else mu_t.to(device),
             sigma=None if sigma_t is None else sigma_t.to(device),
@@ -231,11 +231,19 @@ class StackedFactors:
         target = torch.device(device) if device is not None else a.device
         return cls(
             a=a.detach().to(device=target, dtype=torch.float32).contiguous(),
-            q=torch.stack([f.q.to(torch.float32) for f in factors]).to(target),  # (N, m, r)
+            q=stack_q([f.q.to(torch.float32) for f in factors]).to(target),  # (N, m, r)
             r=torch.stack([f.r.to(torch.float32) for f in factors]).to(target),  # (N, r, r)
             mu=None if mu_t is None else mu_t.to(target),
             sigma=None if sigma_t is None else sigma_t.to(target),
         )
+
+
+def stack_q(qs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack (m, r) Q factors into an (N, m, r) view of a contiguous (N, r, m) tensor.
+
+    Routed updates read each Q transposed, r rows of m, so that is the layout kept in memory.
+    """
+    return torch.stack([q.T for q in qs]).transpose(1, 2)
 
 
 def _check_candidates(candidates: Sequence[int], count: int) -> list[int]:

@@ -89,6 +89,14 @@ class Router(ABC):
         with float32_math(self.factors.device):
             return self.update_from_z(self.project(self._rows(x)), decision)
 
+    def add_routed_update(self, rows: torch.Tensor, out: torch.Tensor, scale: float) -> bool:
+        """Route float32 rows (T, n) top-1 and add ``scale`` times each token's update to ``out`` (T, m) in place.
+
+        Returns False, having done nothing, when this router has no fused path for these inputs;
+        the caller then uses :meth:`route` and :meth:`update_from_z`.
+        """
+        return False
+
     def _select(self, x: torch.Tensor) -> torch.Tensor:
         rows = self._rows(x)
         return self.ranking_scores(rows, self._z(rows)).argmax(dim=-1).reshape(x.shape[:-1])

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from seqr.errors import InvalidInputError
+from seqr.routing import native
 from seqr.routing.baselines import ArrowRouter, LagRouter, MeanRouter, NaiveRouter, SpectrRouter
 from seqr.routing.library import StackedFactors
 from seqr.routing.methods import DEFAULT_LAG_K, RoutingConfig, RoutingMethod
@@ -48,6 +49,9 @@ class SeqrRouter(Router):
     G_i = R_i^T R_i, whose r (r + 1) / 2 distinct entries need fewer multiply-adds than the
     r^2 of R_i z. Rounding in that form grows to about sqrt(eps) ||R_i|| ||z|| for norms near
     zero, so only near-zero norms lose relative precision, never a clear arg max.
+
+    On the CPU with top-1 choice, ``select`` and the routed layers use the fused kernels of
+    :mod:`seqr.routing.native` when they are available.
     """
 
     method = RoutingMethod.SEQR
@@ -62,6 +66,8 @@ class SeqrRouter(Router):
         doubling = torch.where(rows == cols, 1.0, 2.0).to(gram.dtype)
         self._gram_t = (gram[:, rows, cols] * doubling).T.contiguous()  # (P, N)
         self._pair_rows, self._pair_cols = rows, cols
+        self._native_tables: native.SelectTables | None = None
+        self._q_t: torch.Tensor | None = None
 
     def token_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         if z is None:
@@ -73,11 +79,40 @@ class SeqrRouter(Router):
 
     def _select(self, x: torch.Tensor) -> torch.Tensor:
         rows = self._rows(x)
+        kernels = self._kernels()
+        if kernels is not None:
+            _, index, _ = kernels.select(rows.contiguous(), self._tables())
+            return index.reshape(x.shape[:-1])
         squared = self._squared_norms(self.project(rows))  # (T, N)
         if self.factors.mu is None:
             # The square root is monotonic, so raw norms rank like their squares.
             return squared.argmax(dim=-1).reshape(x.shape[:-1])
         return self._calibrate(squared.clamp_min_(0.0).sqrt_()).argmax(dim=-1).reshape(x.shape[:-1])
+
+    def add_routed_update(self, rows: torch.Tensor, out: torch.Tensor, scale: float) -> bool:
+        kernels = self._kernels()
+        if kernels is None or out.device.type != "cpu":
+            return False
+        z, index, _ = kernels.select(rows.contiguous(), self._tables())
+        if self._q_t is None:
+            self._q_t = self.factors.q.transpose(1, 2).contiguous()  # no copy when stacked by StackedFactors
+        kernels.add_update(out, z, index, self.factors.r.contiguous(), self._q_t, scale)
+        return True
+
+    def _kernels(self) -> native.NativeKernels | None:
+        if self.factors.device.type != "cpu" or self.factors.rank > native.MAX_RANK or self.config.top_k != 1:
+            return None
+        return native.kernels()
+
+    def _tables(self) -> native.SelectTables:
+        if self._native_tables is None:
+            gram_t, offset = self._gram_t, None
+            if self.factors.mu is not None and self.factors.sigma is not None:
+                # (||R z|| - mu) / sigma = sqrt(z^T (G / sigma^2) z) - mu / sigma
+                gram_t = gram_t / self.factors.sigma.square()
+                offset = self.factors.mu / self.factors.sigma
+            self._native_tables = native.SelectTables.build(self.factors.a, gram_t, offset)
+        return self._native_tables
 
     def _squared_norms(self, z: torch.Tensor | None) -> torch.Tensor:
         """Return ||R_i z_t||^2 as a (T, N) tensor, chunked over tokens."""

@@ -1,0 +1,301 @@
+"""Fused CPU kernels for SEQR's hot path, built from ``kernels.c`` with the system C compiler.
+
+SEQR's per-token work is small (z = A x, then N Gram forms of r (r + 1) / 2 terms), so on a CPU
+a chain of torch operations spends most of its time writing and re-reading the (tokens, N) score
+matrix, in square roots of every score and in torch's scalar arg max. The kernels here do the
+projection, the scores and the arg max per block of tokens in registers, and add each token's
+update Q_i (R_i z) straight into the base layer's output.
+
+The library is compiled once per source, compiler and CPU into the kernel cache
+(``$SEQR_KERNEL_DIR``, else ``$SEQR_CACHE_DIR/kernels``, else the user cache directory) and loaded
+with :mod:`ctypes`, which releases the GIL during each call. ``SEQR_NATIVE=0`` turns the kernels
+off; without a C compiler, or when the build fails, routing uses torch operations (same choices,
+ties aside) and :func:`status` gives the reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from seqr.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+ENABLE_VARIABLE = "SEQR_NATIVE"
+KERNEL_DIR_VARIABLE = "SEQR_KERNEL_DIR"
+LANES = 8  # adapters per vector in kernels.c
+MARGIN = 2e-5  # kernels.c's relative margin for rounding in its test on squares
+PROJECT_TILE = 512  # columns of A per tile in kernels.c's projection
+MAX_RANK = 64  # kernels.c keeps at most r (r + 1) / 2 = 2080 pair products per token
+_FLAG_SETS = (
+    ("-O3", "-march=native", "-fopenmp"),
+    ("-O3", "-fopenmp"),
+    ("-O3",),
+)
+
+_float_p = ctypes.POINTER(ctypes.c_float)
+_long_p = ctypes.POINTER(ctypes.c_int64)
+
+
+@dataclass(frozen=True)
+class KernelStatus:
+    """Whether the native kernels are in use, and the library path or the reason they are not."""
+
+    available: bool
+    detail: str
+
+    def __str__(self) -> str:
+        return f"native kernels ({self.detail})" if self.available else f"torch operations ({self.detail})"
+
+
+class NativeKernels:
+    """The loaded kernel library; use :func:`kernels` to get the shared instance."""
+
+    def __init__(self, path: Path, flags: tuple[str, ...]) -> None:
+        self.path = path
+        self.flags = flags
+        lib = ctypes.CDLL(str(path))
+        self._select = lib.seqr_select
+        self._select.restype = ctypes.c_int
+        self._select.argtypes = [
+            _float_p, ctypes.c_int64, ctypes.c_int64, _float_p, _float_p, ctypes.c_int64, _float_p,
+            _float_p, _float_p, ctypes.c_int64, _float_p, _long_p, _float_p, ctypes.c_int,
+        ]  # fmt: skip
+        self._update = lib.seqr_update
+        self._update.restype = ctypes.c_int
+        self._update.argtypes = [
+            _float_p, ctypes.c_int64, ctypes.c_int64, _long_p, ctypes.c_int64, _float_p, _float_p,
+            ctypes.c_int64, ctypes.c_float, _float_p, ctypes.c_int,
+        ]  # fmt: skip
+
+    def select(self, rows: torch.Tensor, gram: SelectTables) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return z = A x (T, r), the arg max candidate (T,) long and its score (T,) for float32 rows (T, n)."""
+        _check_cpu_float32("rows", rows)
+        tokens, n = rows.shape
+        if n != gram.a.shape[1]:
+            raise InvalidInputError(f"rows have {n} features but the shared A expects n={gram.a.shape[1]}")
+        rank = int(gram.a.shape[0])
+        z = torch.empty(tokens, rank, dtype=torch.float32)
+        index = torch.empty(tokens, dtype=torch.int64)
+        best = torch.empty(tokens, dtype=torch.float32)
+        if tokens:
+            code = self._select(
+                _fp(rows), tokens, n, _fp(gram.a), _fp(gram.a_packed), rank, _fp(gram.blocks), _fp(gram.offset), _fp(gram.offset_low),
+                gram.num_adapters, _fp(z), _lp(index), _fp(best), _threads(tokens),
+            )  # fmt: skip
+            if code == 2:
+                raise MemoryError(f"the native SEQR kernel could not allocate scratch space for {tokens} tokens")
+            if code:
+                raise InvalidInputError(f"rank r={rank} exceeds the native kernels' limit of {MAX_RANK}")
+        return z, index, best
+
+    def add_update(
+        self, out: torch.Tensor, z: torch.Tensor, index: torch.Tensor, r: torch.Tensor, q_t: torch.Tensor, scale: float
+    ) -> None:
+        """Add scale * Q_i (R_i z_t) to row t of ``out`` (T, m) for i = index[t], in place.
+
+        ``r`` is (N, r, r) and ``q_t`` (N, r, m), Q transposed; all contiguous float32 on the CPU.
+        """
+        for name, tensor in (("out", out), ("z", z), ("R", r), ("Q^T", q_t)):
+            _check_cpu_float32(name, tensor)
+        tokens, m = out.shape
+        adapters, rank = int(r.shape[0]), int(r.shape[1])
+        if index.dtype != torch.int64 or not index.is_contiguous() or index.shape != (tokens,):
+            raise InvalidInputError(f"index must be a contiguous int64 ({tokens},) tensor, got {tuple(index.shape)}")
+        if z.shape != (tokens, rank) or q_t.shape != (adapters, rank, m):
+            raise InvalidInputError(
+                f"shapes do not match: out {tuple(out.shape)}, z {tuple(z.shape)}, R {tuple(r.shape)}, "
+                f"Q^T {tuple(q_t.shape)}"
+            )
+        if tokens and (int(index.min()) < 0 or int(index.max()) >= adapters):
+            raise InvalidInputError(f"an adapter index lies outside 0..{adapters - 1}")
+        if tokens:
+            code = self._update(
+                _fp(z), tokens, rank, _lp(index), adapters, _fp(r), _fp(q_t), m, float(scale), _fp(out),
+                _threads(tokens),
+            )  # fmt: skip
+            if code:
+                raise InvalidInputError(f"rank r={rank} exceeds the native kernels' limit of {MAX_RANK}")
+
+
+@dataclass(frozen=True)
+class SelectTables:
+    """SEQR's scoring tables in the layout ``seqr_select`` reads.
+
+    ``a_packed`` stores A's columns up to the last multiple of 8, tile by tile of
+    ``PROJECT_TILE`` columns, each tile's r rows one after another.
+    ``blocks`` is (2 ceil(N / 16), P, 8): the doubled upper-triangle Gram entries of 8 adapters
+    per block, divided by sigma^2 when calibrated, with an even number of blocks; ``offset`` is
+    mu / sigma (zero uncalibrated) and ``offset_low`` the same less a relative margin of
+    ``MARGIN``, which the kernel's test on squares needs; both padded alike.
+    """
+
+    a: torch.Tensor
+    a_packed: torch.Tensor
+    blocks: torch.Tensor
+    offset: torch.Tensor
+    offset_low: torch.Tensor
+    num_adapters: int
+
+    @classmethod
+    def build(cls, a: torch.Tensor, gram_t: torch.Tensor, offset: torch.Tensor | None) -> SelectTables:
+        """From A (r, n), the (P, N) Gram table (already scaled) and the (N,) offsets or None."""
+        pairs, adapters = gram_t.shape
+        padded = -(-adapters // (2 * LANES)) * 2 * LANES  # the kernel reads blocks in pairs
+        table = torch.zeros(pairs, padded, dtype=torch.float32)
+        table[:, :adapters] = gram_t.detach().to("cpu", torch.float32)
+        blocks = table.view(pairs, padded // LANES, LANES).permute(1, 0, 2).contiguous()
+        shift = torch.zeros(padded, dtype=torch.float32)
+        if offset is not None:
+            shift[:adapters] = offset.detach().to("cpu", torch.float32)
+        a = a.detach().to("cpu", torch.float32).contiguous()
+        full = a.shape[1] - a.shape[1] % LANES
+        tiles = [a[:, k0 : min(k0 + PROJECT_TILE, full)].reshape(-1) for k0 in range(0, full, PROJECT_TILE)]
+        return cls(
+            a=a,
+            a_packed=torch.cat(tiles) if tiles else torch.zeros(1),
+            blocks=blocks,
+            offset=shift,
+            offset_low=shift - MARGIN * shift.abs(),
+            num_adapters=adapters,
+        )
+
+
+def _fp(tensor: torch.Tensor) -> ctypes._Pointer:  # type: ignore[type-arg]
+    return ctypes.cast(tensor.data_ptr(), _float_p)
+
+
+def _lp(tensor: torch.Tensor) -> ctypes._Pointer:  # type: ignore[type-arg]
+    return ctypes.cast(tensor.data_ptr(), _long_p)
+
+
+def _threads(tokens: int) -> int:
+    # One thread per block of 4 tokens at most: a decoding step of a few tokens runs on one.
+    return max(1, min(torch.get_num_threads(), -(-tokens // 4)))
+
+
+def _check_cpu_float32(name: str, tensor: torch.Tensor) -> None:
+    if tensor.device.type != "cpu" or tensor.dtype != torch.float32 or not tensor.is_contiguous():
+        raise InvalidInputError(
+            f"{name} must be a contiguous float32 CPU tensor for the native kernels, got {tensor.dtype} on "
+            f"{tensor.device} (contiguous: {tensor.is_contiguous()})"
+        )
+
+
+def kernel_dir() -> Path:
+    """Return the directory of compiled kernel libraries."""
+    explicit = os.environ.get(KERNEL_DIR_VARIABLE)
+    if explicit:
+        return Path(explicit).expanduser()
+    cache = os.environ.get("SEQR_CACHE_DIR")
+    if cache:
+        return Path(cache).expanduser() / "kernels"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("seqr")) / "kernels"
+
+
+def _compiler() -> str | None:
+    for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+def _cpu_identity() -> str:
+    """Return text that changes when the CPU (and so -march=native code) changes."""
+    parts = [platform.machine(), platform.system()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    parts.append(line.strip())
+                if line.strip() == "":
+                    break
+    except OSError:
+        parts.append(platform.processor())
+    return "\n".join(parts)
+
+
+def _build(compiler: str, source: str) -> tuple[Path, tuple[str, ...]]:
+    """Compile ``source`` into the kernel cache, trying less specific flags when a set fails."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
+    directory = kernel_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256("\0".join([source, compiler, version, *flags, _cpu_identity()]).encode()).hexdigest()[:16]
+        target = directory / f"seqr_kernels_{key}.so"
+        if target.exists():
+            return target, flags
+        with tempfile.TemporaryDirectory(dir=directory) as scratch:
+            source_path = Path(scratch) / "kernels.c"
+            source_path.write_text(source, encoding="utf-8")
+            built = Path(scratch) / "kernels.so"
+            command = [compiler, *flags, "-std=gnu11", "-fPIC", "-shared", str(source_path), "-o", str(built), "-lm"]
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            if result.returncode == 0:
+                os.replace(built, target)  # atomic: a concurrent build leaves one complete file
+                logger.info("built SEQR's native kernels with %s %s into %s", compiler, " ".join(flags), target)
+                return target, flags
+            errors.append(f"{' '.join(flags)}: {(result.stderr.strip().splitlines() or ['exit ' + str(result.returncode)])[-1]}")
+    raise OSError("; ".join(errors))
+
+
+_lock = threading.Lock()
+_loaded: NativeKernels | None = None
+_status: KernelStatus | None = None
+
+
+def kernels() -> NativeKernels | None:
+    """Return the native kernels, building them on first use, or None when they are off or unavailable."""
+    global _loaded, _status
+    if _status is not None:
+        return _loaded
+    with _lock:
+        if _status is not None:
+            return _loaded
+        if os.environ.get(ENABLE_VARIABLE, "1").strip().lower() in ("0", "false", "no", "off"):
+            _status = KernelStatus(False, f"{ENABLE_VARIABLE}=0")
+            return None
+        compiler = _compiler()
+        if compiler is None:
+            _status = KernelStatus(False, "no C compiler found; install gcc or set CC")
+            logger.warning("SEQR's native kernels are off: %s", _status.detail)
+            return None
+        try:
+            source = resources.files("seqr.routing").joinpath("kernels.c").read_text(encoding="utf-8")
+            path, flags = _build(compiler, source)
+            _loaded = NativeKernels(path, flags)
+            _status = KernelStatus(True, f"{path.name}, {Path(compiler).name} {' '.join(flags)}")
+        except OSError as error:
+            _status = KernelStatus(False, f"build failed: {error}")
+            logger.warning("SEQR's native kernels are off, routing uses torch operations: %s", error)
+        return _loaded
+
+
+def status() -> KernelStatus:
+    """Return whether the native kernels are in use, building them first if needed."""
+    kernels()
+    assert _status is not None
+    return _status
+
+
+def reset_for_tests() -> None:
+    """Forget the loaded kernels so the next call reads ``SEQR_NATIVE`` again."""
+    global _loaded, _status
+    with _lock:
+        _loaded, _status = None, None

@@ -1,0 +1,185 @@
+"""The fused CPU kernels choose what the torch path and NAIVE choose, and apply the same update.
+
+``SEQR_REQUIRE_NATIVE=1`` (set by scripts/test.sh) turns a missing compiler into a failure
+instead of a skip, so CI cannot pass without testing the kernels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqr.routing import Granularity, RoutingMethod, attach_routing, make_router, native
+from seqr.routing.routers import SeqrRouter
+from tests.routing.conftest import make_library
+
+
+@pytest.fixture
+def kernels() -> native.NativeKernels:
+    loaded = native.kernels()
+    if loaded is None:
+        reason = str(native.status())
+        if os.environ.get("SEQR_REQUIRE_NATIVE") == "1":
+            pytest.fail(f"SEQR_REQUIRE_NATIVE=1 but the native kernels are unavailable: {reason}")
+        pytest.skip(reason)
+    return loaded
+
+
+@pytest.fixture
+def fresh_kernel_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Point the kernel cache at an empty directory and forget the loaded library, before and after."""
+    monkeypatch.setenv(native.KERNEL_DIR_VARIABLE, str(tmp_path / "kernels"))
+    native.reset_for_tests()
+    yield tmp_path / "kernels"
+    native.reset_for_tests()
+
+
+def _library(n_adapters: int, rank: int, n: int, m: int, tokens: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randn(rank, n, generator=generator) / math.sqrt(n)
+    b = torch.randn(n_adapters, m, rank, generator=generator) * (torch.rand(n_adapters, 1, 1, generator=generator) + 0.5)
+    x = torch.randn(tokens, n, generator=generator)
+    mu = torch.rand(n_adapters, generator=generator) * 2
+    sigma = torch.rand(n_adapters, generator=generator) + 0.2
+    return a, b, x, mu, sigma
+
+
+# (N, r, n, m, tokens): N not a multiple of 16, r not a multiple of 4, n not a multiple of 8,
+# odd token counts, one token, a rank at the kernels' limit.
+SHAPES = [
+    pytest.param(1000, 8, 576, 64, 257, id="N1000-r8-odd-tokens"),
+    pytest.param(37, 6, 100, 24, 33, id="N37-r6-n100"),
+    pytest.param(1, 1, 9, 5, 1, id="N1-r1-one-token"),
+    pytest.param(17, 3, 1030, 12, 70, id="N17-r3-n1030-two-tiles"),
+    pytest.param(20, 64, 128, 96, 9, id="N20-r64"),
+]
+
+
+@pytest.mark.parametrize("calibrated", [False, True], ids=["raw", "calibrated"])
+@pytest.mark.parametrize(("n_adapters", "rank", "n", "m", "tokens"), SHAPES)
+def test_native_select_matches_naive(kernels, n_adapters, rank, n, m, tokens, calibrated) -> None:
+    a, b, x, mu, sigma = _library(n_adapters, rank, n, m, tokens)
+    stats = {"mu": mu, "sigma": sigma} if calibrated else {}
+    router = make_router("seqr", a, b, **stats)
+    reference = make_router("naive", a, b, **stats).scores(x)  # (T, N)
+    z, chosen, best = kernels.select(x, router._tables())
+
+    torch.testing.assert_close(z, x @ a.T, rtol=1e-4, atol=1e-5)
+    picked = reference.gather(1, chosen.unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(picked, reference.max(dim=1).values, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(best, picked, rtol=1e-4, atol=1e-4)
+    assert torch.equal(router.select(x), chosen)
+
+
+def test_native_select_breaks_ties_towards_the_first_adapter(kernels) -> None:
+    a, b, x, _, _ = _library(40, 4, 64, 16, 31)
+    b[7] *= 3.0  # a clear winner for every token, then two exact copies of it after it
+    b[25] = b[7]
+    b[33] = b[7]
+    router = make_router("seqr", a, b)
+    assert kernels.select(x, router._tables())[1].eq(7).all()
+
+
+def test_native_select_of_no_tokens(kernels) -> None:
+    a, b, _, _, _ = _library(5, 4, 32, 8, 1)
+    z, index, best = kernels.select(torch.empty(0, 32), make_router("seqr", a, b)._tables())
+    assert (z.shape, index.shape, best.shape) == ((0, 4), (0,), (0,))
+
+
+def test_native_update_matches_the_torch_update(kernels) -> None:
+    a, b, x, mu, sigma = _library(300, 8, 96, 72, 65)
+    router = make_router("seqr", a, b, mu=mu, sigma=sigma)
+    out = torch.randn(65, 72)
+    expected = out + 0.75 * router.update(x, router.route(x))
+    assert router.add_routed_update(x, out, 0.75)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_native_update_rejects_indices_outside_the_library(kernels) -> None:
+    a, b, x, _, _ = _library(4, 2, 16, 8, 3)
+    router = make_router("seqr", a, b)
+    z = x @ a.T
+    index = torch.tensor([0, 4, 1])
+    with pytest.raises(ValueError, match=r"outside 0\.\.3"):
+        kernels.add_update(torch.zeros(3, 8), z, index, router.factors.r, router.factors.q.transpose(1, 2).contiguous(), 1.0)
+
+
+def test_native_kernels_check_their_inputs(kernels) -> None:
+    a, b, x, _, _ = _library(4, 2, 16, 8, 3)
+    tables = make_router("seqr", a, b)._tables()
+    with pytest.raises(ValueError, match="contiguous float32 CPU tensor"):
+        kernels.select(x.double(), tables)
+    with pytest.raises(ValueError, match="contiguous float32 CPU tensor"):
+        kernels.select(torch.randn(16, 3).T, tables)
+    with pytest.raises(ValueError, match="n=16"):
+        kernels.select(torch.randn(3, 15), tables)
+
+
+def test_routers_outside_the_kernels_reach_use_torch_operations(kernels) -> None:
+    a, b, x, _, _ = _library(10, 4, 32, 8, 5)
+    top2 = make_router("seqr", a, b, k=2)
+    assert top2._kernels() is None  # top-k mixing needs every score
+    assert not top2.add_routed_update(x, torch.zeros(5, 8), 1.0)
+    wide_a, wide_b, wide_x, _, _ = _library(3, native.MAX_RANK + 1, 80, 70, 4)
+    wide = make_router("seqr", wide_a, wide_b)
+    assert wide._kernels() is None
+    reference = make_router("naive", wide_a, wide_b).scores(wide_x)
+    assert torch.equal(wide.select(wide_x), reference.argmax(dim=1))
+
+
+def test_routed_model_same_logits_without_kernels(kernels, tiny_llama, monkeypatch) -> None:
+    library = make_library(tiny_llama, n_adapters=6, calibrated=True)
+    routed = attach_routing(
+        tiny_llama, library.shared_a, library.adapters, scaling=library.scaling, granularity=Granularity.TOKEN
+    )
+    ids = torch.randint(0, 256, (3, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fused = routed.model(ids).logits
+        monkeypatch.setattr(SeqrRouter, "_kernels", lambda self: None)
+        plain = routed.model(ids).logits
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
+    assert routed.layers and all(layer.router.method is RoutingMethod.SEQR for layer in routed.layers.values())
+
+
+def test_kernels_build_once_into_the_cache(fresh_kernel_state) -> None:
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    first = native.kernels()
+    assert first is not None, native.status()
+    built = sorted(fresh_kernel_state.glob("seqr_kernels_*.so"))
+    assert built == [first.path]
+    stamp = first.path.stat().st_mtime_ns
+    native.reset_for_tests()
+    second = native.kernels()
+    assert second is not None
+    assert second.path == first.path
+    assert first.path.stat().st_mtime_ns == stamp
+    assert "native kernels" in str(native.status())
+
+
+def test_kernels_can_be_turned_off(fresh_kernel_state, monkeypatch) -> None:
+    monkeypatch.setenv(native.ENABLE_VARIABLE, "0")
+    assert native.kernels() is None
+    assert str(native.status()) == "torch operations (SEQR_NATIVE=0)"
+    a, b, x, _, _ = _library(30, 4, 40, 8, 12)
+    reference = make_router("naive", a, b).scores(x)
+    assert torch.equal(make_router("seqr", a, b).select(x), reference.argmax(dim=1))
+
+
+def test_kernels_fall_back_when_the_build_fails(fresh_kernel_state, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails every build
+    with caplog.at_level("WARNING", logger="seqr.routing.native"):
+        assert native.kernels() is None
+    assert "build failed" in str(native.status())
+    assert "routing uses torch operations" in caplog.text
+    assert not list(fresh_kernel_state.glob("*.so"))
+
+
+def test_kernels_fall_back_without_a_compiler(fresh_kernel_state, monkeypatch) -> None:
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    assert native.kernels() is None
+    assert "no C compiler" in str(native.status())
