@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from seqr.errors import InvalidInputError
+from seqr.routing import native
 from seqr.routing.layer import RoutedLinear, RoutingState
 from seqr.routing.library import StackedFactors
 from seqr.routing.methods import Granularity, RoutingConfig, RoutingMethod
@@ -125,6 +126,8 @@ def describe_machine(device: torch.device) -> dict[str, str | int | float]:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        info["seqr_kernels"] = str(native.status())
     return info
 
 
@@ -377,6 +380,8 @@ def format_report(report: RoutingBenchmarkReport) -> str:
         f"machine: {machine['cpu']}, {machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads, "
         f"device {machine['device']}{', ' + str(machine['gpu']) if 'gpu' in machine else ''}, torch {machine['torch']}",
     ]
+    if "seqr_kernels" in machine:
+        lines.append(f"SEQR on the CPU uses {machine['seqr_kernels']}")
     for result in report.selection:
         s = result.setting
         lines += [
