@@ -46,9 +46,6 @@ _FLAG_SETS = (
     ("-O3",),
 )
 
-_float_p = ctypes.POINTER(ctypes.c_float)
-_long_p = ctypes.POINTER(ctypes.c_int64)
-
 
 @dataclass(frozen=True)
 class KernelStatus:
@@ -62,45 +59,37 @@ class KernelStatus:
 
 
 class NativeKernels:
-    """The loaded kernel library; use :func:`kernels` to get the shared instance."""
+    """The loaded kernel library; use :func:`kernels` to get the shared instance.
+
+    Pointers cross into C as plain integers (``data_ptr()``): converting tensors to typed ctypes
+    pointers cost more than the kernels themselves for a decoding step of a few tokens.
+    """
 
     def __init__(self, path: Path, flags: tuple[str, ...]) -> None:
         self.path = path
         self.flags = flags
         lib = ctypes.CDLL(str(path))
+        pointer, i64 = ctypes.c_void_p, ctypes.c_int64
         self._select = lib.seqr_select
         self._select.restype = ctypes.c_int
         self._select.argtypes = [
-            _float_p, ctypes.c_int64, ctypes.c_int64, _float_p, _float_p, ctypes.c_int64, _float_p,
-            _float_p, _float_p, ctypes.c_int64, _float_p, _long_p, _float_p, ctypes.c_int,
+            pointer, i64, i64, pointer, pointer, i64, pointer, pointer, pointer, i64, pointer, pointer, pointer,
+            ctypes.c_int,
         ]  # fmt: skip
         self._update = lib.seqr_update
         self._update.restype = ctypes.c_int
         self._update.argtypes = [
-            _float_p, ctypes.c_int64, ctypes.c_int64, _long_p, ctypes.c_int64, _float_p, _float_p,
-            ctypes.c_int64, ctypes.c_float, _float_p, ctypes.c_int,
+            pointer, i64, i64, pointer, i64, pointer, pointer, i64, ctypes.c_float, pointer, ctypes.c_int,
         ]  # fmt: skip
 
-    def select(self, rows: torch.Tensor, gram: SelectTables) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def select(self, rows: torch.Tensor, tables: SelectTables) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return z = A x (T, r), the arg max candidate (T,) long and its score (T,) for float32 rows (T, n)."""
         _check_cpu_float32("rows", rows)
-        tokens, n = rows.shape
-        if n != gram.a.shape[1]:
-            raise InvalidInputError(f"rows have {n} features but the shared A expects n={gram.a.shape[1]}")
-        rank = int(gram.a.shape[0])
-        z = torch.empty(tokens, rank, dtype=torch.float32)
-        index = torch.empty(tokens, dtype=torch.int64)
-        best = torch.empty(tokens, dtype=torch.float32)
-        if tokens:
-            code = self._select(
-                _fp(rows), tokens, n, _fp(gram.a), _fp(gram.a_packed), rank, _fp(gram.blocks), _fp(gram.offset), _fp(gram.offset_low),
-                gram.num_adapters, _fp(z), _lp(index), _fp(best), _threads(tokens),
-            )  # fmt: skip
-            if code == 2:
-                raise MemoryError(f"the native SEQR kernel could not allocate scratch space for {tokens} tokens")
-            if code:
-                raise InvalidInputError(f"rank r={rank} exceeds the native kernels' limit of {MAX_RANK}")
-        return z, index, best
+        if rows.ndim != 2 or rows.shape[1] != tables.a.shape[1]:
+            raise InvalidInputError(
+                f"rows have shape {tuple(rows.shape)} but the shared A expects (tokens, n={tables.a.shape[1]})"
+            )
+        return self._run_select(rows, tables)
 
     def add_update(
         self, out: torch.Tensor, z: torch.Tensor, index: torch.Tensor, r: torch.Tensor, q_t: torch.Tensor, scale: float
@@ -122,13 +111,56 @@ class NativeKernels:
             )
         if tokens and (int(index.min()) < 0 or int(index.max()) >= adapters):
             raise InvalidInputError(f"an adapter index lies outside 0..{adapters - 1}")
+        self._run_update(out, z, index, r, q_t, scale)
+
+    def route_into(self, rows: torch.Tensor, tables: SelectTables, out: torch.Tensor, scale: float) -> None:
+        """Choose each row's adapter and add ``scale`` times its update to ``out`` (T, m) in place.
+
+        ``tables`` must carry R and Q^T. The indices come from the selection kernel itself, so
+        they are not checked again; the hot path of a routed layer.
+        """
+        if tables.r is None or tables.q_t is None:
+            raise InvalidInputError("these tables carry no R and Q^T; build them with SelectTables.build(..., r=, q=)")
+        _check_cpu_float32("rows", rows)
+        _check_cpu_float32("out", out)
+        if rows.ndim != 2 or rows.shape[1] != tables.a.shape[1] or out.shape != (rows.shape[0], tables.q_t.shape[2]):
+            raise InvalidInputError(
+                f"rows {tuple(rows.shape)} and out {tuple(out.shape)} do not fit the tables "
+                f"(n={tables.a.shape[1]}, m={tables.q_t.shape[2]})"
+            )
+        z, index, _ = self._run_select(rows, tables)
+        self._run_update(out, z, index, tables.r, tables.q_t, scale)
+
+    def _run_select(self, rows: torch.Tensor, tables: SelectTables) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tokens, n = rows.shape
+        rank = int(tables.a.shape[0])
+        z = torch.empty(tokens, rank, dtype=torch.float32)
+        index = torch.empty(tokens, dtype=torch.int64)
+        best = torch.empty(tokens, dtype=torch.float32)
         if tokens:
-            code = self._update(
-                _fp(z), tokens, rank, _lp(index), adapters, _fp(r), _fp(q_t), m, float(scale), _fp(out),
-                _threads(tokens),
+            code = self._select(
+                rows.data_ptr(), tokens, n, tables.a.data_ptr(), tables.a_packed.data_ptr(), rank,
+                tables.blocks.data_ptr(), tables.offset.data_ptr(), tables.offset_low.data_ptr(), tables.num_adapters,
+                z.data_ptr(), index.data_ptr(), best.data_ptr(), _threads(tokens),
             )  # fmt: skip
+            if code == 2:
+                raise MemoryError(f"the native SEQR kernel could not allocate scratch space for {tokens} tokens")
             if code:
                 raise InvalidInputError(f"rank r={rank} exceeds the native kernels' limit of {MAX_RANK}")
+        return z, index, best
+
+    def _run_update(
+        self, out: torch.Tensor, z: torch.Tensor, index: torch.Tensor, r: torch.Tensor, q_t: torch.Tensor, scale: float
+    ) -> None:
+        tokens, m = out.shape
+        if not tokens:
+            return
+        code = self._update(
+            z.data_ptr(), tokens, int(r.shape[1]), index.data_ptr(), int(r.shape[0]), r.data_ptr(), q_t.data_ptr(),
+            m, float(scale), out.data_ptr(), _threads(tokens),
+        )  # fmt: skip
+        if code:
+            raise InvalidInputError(f"rank r={int(r.shape[1])} exceeds the native kernels' limit of {MAX_RANK}")
 
 
 @dataclass(frozen=True)
@@ -149,10 +181,25 @@ class SelectTables:
     offset: torch.Tensor
     offset_low: torch.Tensor
     num_adapters: int
+    r: torch.Tensor | None = None
+    q_t: torch.Tensor | None = None
 
     @classmethod
-    def build(cls, a: torch.Tensor, gram_t: torch.Tensor, offset: torch.Tensor | None) -> SelectTables:
-        """From A (r, n), the (P, N) Gram table (already scaled) and the (N,) offsets or None."""
+    def build(
+        cls,
+        a: torch.Tensor,
+        gram_t: torch.Tensor,
+        offset: torch.Tensor | None,
+        *,
+        r: torch.Tensor | None = None,
+        q: torch.Tensor | None = None,
+    ) -> SelectTables:
+        """From A (r, n), the (P, N) Gram table (already scaled) and the (N,) offsets or None.
+
+        With the stacked ``r`` (N, r, r) and ``q`` (N, m, r) the tables also serve
+        :meth:`NativeKernels.route_into`; Q is stored transposed, without a copy when ``q`` is
+        the view that :func:`seqr.routing.library.stack_q` returns.
+        """
         pairs, adapters = gram_t.shape
         padded = -(-adapters // (2 * LANES)) * 2 * LANES  # the kernel reads blocks in pairs
         table = torch.zeros(pairs, padded, dtype=torch.float32)
@@ -171,15 +218,9 @@ class SelectTables:
             offset=shift,
             offset_low=shift - MARGIN * shift.abs(),
             num_adapters=adapters,
+            r=None if r is None else r.detach().to("cpu", torch.float32).contiguous(),
+            q_t=None if q is None else q.detach().to("cpu", torch.float32).transpose(1, 2).contiguous(),
         )
-
-
-def _fp(tensor: torch.Tensor) -> ctypes._Pointer:  # type: ignore[type-arg]
-    return ctypes.cast(tensor.data_ptr(), _float_p)
-
-
-def _lp(tensor: torch.Tensor) -> ctypes._Pointer:  # type: ignore[type-arg]
-    return ctypes.cast(tensor.data_ptr(), _long_p)
 
 
 def _threads(tokens: int) -> int:

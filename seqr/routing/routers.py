@@ -67,7 +67,6 @@ class SeqrRouter(Router):
         self._gram_t = (gram[:, rows, cols] * doubling).T.contiguous()  # (P, N)
         self._pair_rows, self._pair_cols = rows, cols
         self._native_tables: native.SelectTables | None = None
-        self._q_t: torch.Tensor | None = None
 
     def token_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         if z is None:
@@ -93,10 +92,7 @@ class SeqrRouter(Router):
         kernels = self._kernels()
         if kernels is None or out.device.type != "cpu":
             return False
-        z, index, _ = kernels.select(rows.contiguous(), self._tables())
-        if self._q_t is None:
-            self._q_t = self.factors.q.transpose(1, 2).contiguous()  # no copy when stacked by StackedFactors
-        kernels.add_update(out, z, index, self.factors.r.contiguous(), self._q_t, scale)
+        kernels.route_into(rows.contiguous(), self._tables(), out, scale)
         return True
 
     def _kernels(self) -> native.NativeKernels | None:
@@ -111,7 +107,9 @@ class SeqrRouter(Router):
                 # (||R z|| - mu) / sigma = sqrt(z^T (G / sigma^2) z) - mu / sigma
                 gram_t = gram_t / self.factors.sigma.square()
                 offset = self.factors.mu / self.factors.sigma
-            self._native_tables = native.SelectTables.build(self.factors.a, gram_t, offset)
+            self._native_tables = native.SelectTables.build(
+                self.factors.a, gram_t, offset, r=self.factors.r, q=self.factors.q
+            )
         return self._native_tables
 
     def _squared_norms(self, z: torch.Tensor | None) -> torch.Tensor:
