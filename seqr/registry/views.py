@@ -126,6 +126,9 @@ class Library:
 
 @dataclass(frozen=True)
 class AdapterVersionInfo(JsonView):
+    """One adapter version. ``manifest``, ``config`` and ``metrics`` are empty in the values that
+    ``Registry.authorized_adapters`` returns, which skips reading them."""
+
     id: int
     tenant: str
     silo: str
