@@ -17,6 +17,20 @@ import torch
 from seqr.errors import InvalidInputError
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Return whether ``tensor`` contains no NaN and no Inf, decided with one reduction.
+
+    A floating-point sum is finite only when every term is, so a finite sum settles it without
+    the element-wise pass of ``torch.isfinite``. Only when the sum is not finite (a NaN or an Inf,
+    or finite values whose sum overflows) is every element checked.
+    """
+    if not tensor.is_floating_point():
+        return True
+    if torch.isfinite(tensor.sum()):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
 @dataclass(frozen=True)
 class ModuleFactors:
     """The factors of one adapted module of one adapter.
