@@ -166,9 +166,9 @@ def _entry(key: str, value: object) -> _Entry:
     dtype, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
     if dtype not in _DTYPES:
         raise _invalid(f"tensor {key!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(_is_count(dim) for dim in shape):
+    if not isinstance(shape, list) or not all(map(_is_count, shape)):
         raise _invalid(f"tensor {key!r} has shape {shape!r}; expected a list of non-negative integers")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(offset) for offset in offsets):
+    if not isinstance(offsets, list) or len(offsets) != 2 or not (_is_count(offsets[0]) and _is_count(offsets[1])):
         raise _invalid(f"tensor {key!r} has data_offsets {offsets!r}; expected [start, end]")
     start, end = offsets
     if end - start != math.prod(shape) * _DTYPES[dtype][0]:
