@@ -187,21 +187,36 @@ def attach_routing(
     ``shared_a`` maps full module names (``model.layers.0.self_attn.q_proj``) to the library's
     shared A (r, n). ``adapters`` maps adapter ids to their factors: it is the candidate set, in
     routing order, and nothing outside it is read. ``scaling`` is the LoRA alpha / r. ``lag_k``
-    is capped at the number of candidates. The stacked device tensors are built here, once.
+    is capped at the number of candidates. The stacked device tensors are built here, once, by
+    :func:`stack_adapters`; :func:`attach_stacked` attaches stacks built earlier.
 
     Raises :class:`ModelError` when a module is missing or not an ``nn.Linear`` (or is already
     routed), and :class:`InvalidInputError` for an empty candidate set, an adapter that lacks a
     module, shapes that do not match the module, NaN or Inf, or sigma <= 0.
     """
-    config = RoutingConfig(
-        method=RoutingMethod.parse(method),
-        top_k=top_k,
-        lag_k=min(lag_k, max(1, len(adapters))),
-        use_calibration=use_calibration,
+    _check_scaling(scaling)
+    stacks = stack_adapters(model, shared_a, adapters, use_calibration=use_calibration)
+    return attach_stacked(
+        model, stacks, tuple(adapters), scaling=scaling, method=method, granularity=granularity,
+        top_k=top_k, lag_k=lag_k, use_calibration=use_calibration,
     )
-    parsed_granularity = Granularity.parse(granularity)
-    if not math.isfinite(scaling):
-        raise InvalidInputError(f"scaling must be a finite number (alpha / r), got {scaling}")
+
+
+def stack_adapters(
+    model: nn.Module,
+    shared_a: Mapping[str, torch.Tensor],
+    adapters: Mapping[str, AdapterFactors],
+    *,
+    use_calibration: bool = True,
+    check_values: bool = True,
+) -> dict[str, StackedFactors]:
+    """Validate ``adapters`` against the modules of ``model`` and stack them per module.
+
+    Returns one :class:`StackedFactors` per module of ``shared_a``, on the device of that
+    module's weight, with the adapters in the order of ``adapters``. ``check_values=False``
+    skips the NaN and Inf check of Q and R, for factors already checked (the registry's codec
+    checks every adapter it decodes). Raises as :func:`attach_routing` does.
+    """
     if not adapters:
         raise InvalidInputError("the candidate set is empty; pass at least one adapter to route among")
     if not shared_a:
@@ -210,24 +225,69 @@ def attach_routing(
     _check_adapter_modules(shared_a, adapters)
 
     adapter_ids = tuple(adapters)
-    state = RoutingState()
-    layers: dict[str, RoutedLinear] = {}
+    stacks: dict[str, StackedFactors] = {}
     for name, a in shared_a.items():
         original = originals[name]
         check_shared_a(a)
-        if a.shape[1] != original.in_features:
-            raise InvalidInputError(
-                f"the shared A of {name!r} has n={a.shape[1]} but the module has in_features="
-                f"{original.in_features}; the library was built for another base model"
-            )
-        factors = StackedFactors.from_module_factors(
+        _check_in_features(name, a, original)
+        stacks[name] = StackedFactors.from_module_factors(
             a,
             [adapters[adapter_id].modules[name] for adapter_id in adapter_ids],
             names=[f"adapter {adapter_id!r} at {name!r}" for adapter_id in adapter_ids],
             use_calibration=use_calibration,
             device=original.weight.device,
             out_features=original.out_features,
+            check_values=check_values,
         )
+    return stacks
+
+
+def attach_stacked(
+    model: nn.Module,
+    stacks: Mapping[str, StackedFactors],
+    adapter_ids: Sequence[str],
+    *,
+    scaling: float,
+    method: RoutingMethod | str = RoutingMethod.SEQR,
+    granularity: Granularity | str = Granularity.TOKEN,
+    top_k: int = 1,
+    lag_k: int = DEFAULT_LAG_K,
+    use_calibration: bool = True,
+) -> RoutedModel:
+    """Attach routing over stacks made by :func:`stack_adapters`, without copying or re-checking them.
+
+    ``stacks`` maps module names to their :class:`StackedFactors`, whose adapters are
+    ``adapter_ids`` in that order. The routed layers only read the stacks, so several models
+    may share them. Raises :class:`ModelError` for a missing, non-linear or already routed
+    module, and :class:`InvalidInputError` when a stack does not fit its module or
+    ``adapter_ids``.
+    """
+    _check_scaling(scaling)
+    adapter_ids = tuple(adapter_ids)
+    if not adapter_ids:
+        raise InvalidInputError("the candidate set is empty; pass at least one adapter to route among")
+    if not stacks:
+        raise InvalidInputError("stacks is empty; pass the stacked factors of each target module")
+    config = RoutingConfig(
+        method=RoutingMethod.parse(method),
+        top_k=top_k,
+        lag_k=min(lag_k, max(1, len(adapter_ids))),
+        use_calibration=use_calibration,
+    )
+    parsed_granularity = Granularity.parse(granularity)
+    originals = {name: _linear(model, name) for name in stacks}
+
+    state = RoutingState()
+    layers: dict[str, RoutedLinear] = {}
+    for name, factors in stacks.items():
+        original = originals[name]
+        _check_in_features(name, factors.a, original)
+        if factors.num_adapters != len(adapter_ids) or factors.out_features != original.out_features:
+            raise InvalidInputError(
+                f"the stacked factors of {name!r} contain {factors.num_adapters} adapters with m={factors.out_features}, "
+                f"but the candidate set has {len(adapter_ids)} and the module out_features={original.out_features}; "
+                "stack the same adapters for this model with stack_adapters"
+            )
         layers[name] = RoutedLinear(original, name, factors, config, scaling, parsed_granularity, state)
 
     for name, layer in layers.items():
@@ -237,6 +297,19 @@ def attach_routing(
         config.method.value, parsed_granularity.value, len(adapter_ids), len(layers),
     )
     return RoutedModel(model, layers, originals, adapter_ids, state)
+
+
+def _check_scaling(scaling: float) -> None:
+    if not math.isfinite(scaling):
+        raise InvalidInputError(f"scaling must be a finite number (alpha / r), got {scaling}")
+
+
+def _check_in_features(name: str, a: torch.Tensor, original: nn.Linear) -> None:
+    if a.shape[1] != original.in_features:
+        raise InvalidInputError(
+            f"the shared A of {name!r} has n={a.shape[1]} but the module has in_features="
+            f"{original.in_features}; the library was built for another base model"
+        )
 
 
 def _check_adapter_modules(shared_a: Mapping[str, torch.Tensor], adapters: Mapping[str, AdapterFactors]) -> None:

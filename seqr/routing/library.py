@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from seqr.errors import InvalidInputError
-from seqr.routing.factors import ModuleFactors
+from seqr.routing.factors import ModuleFactors, all_finite
 
 logger = logging.getLogger(__name__)
 
@@ -184,12 +184,15 @@ class StackedFactors:
         use_calibration: bool = True,
         device: torch.device | str | None = None,
         out_features: int | None = None,
+        check_values: bool = True,
     ) -> StackedFactors:
         """Stack already factored adapters of one module, checking shapes and values.
 
         ``names`` label the adapters in error messages. Calibration is used when every adapter
         has it and ``use_calibration`` is set. A mix of calibrated and uncalibrated adapters is
-        rejected, because their scores would not be comparable.
+        rejected, because their scores would not be comparable. ``check_values=False`` skips the
+        NaN and Inf check of Q and R, for factors the caller has checked already (the registry's
+        codec checks every adapter it decodes); shapes and calibration are checked either way.
         """
         check_shared_a(a)
         if not factors:
@@ -208,8 +211,6 @@ class StackedFactors:
                     f"{label} has m={f.out_features} output features but the module has {expected_m}; "
                     "the adapter was trained for another base model"
                 )
-            check_finite(f"{label} (Q)", f.q)
-            check_finite(f"{label} (R)", f.r)
 
         calibrated = [f.mu is not None and f.sigma is not None for f in factors]
         mu_t: torch.Tensor | None = None
@@ -229,13 +230,26 @@ class StackedFactors:
             )
 
         target = torch.device(device) if device is not None else a.device
+        q = stack_q([f.q.to(torch.float32) for f in factors]).to(target)  # (N, m, r)
+        r = torch.stack([f.r.to(torch.float32) for f in factors]).to(target)  # (N, r, r)
+        if check_values:
+            _check_stacked_finite(labels, q, r)
         return cls(
             a=a.detach().to(device=target, dtype=torch.float32).contiguous(),
-            q=stack_q([f.q.to(torch.float32) for f in factors]).to(target),  # (N, m, r)
-            r=torch.stack([f.r.to(torch.float32) for f in factors]).to(target),  # (N, r, r)
+            q=q,
+            r=r,
             mu=None if mu_t is None else mu_t.to(target),
             sigma=None if sigma_t is None else sigma_t.to(target),
         )
+
+
+def _check_stacked_finite(labels: Sequence[str], q: torch.Tensor, r: torch.Tensor) -> None:
+    """Check the stacked Q (N, m, r) and R (N, r, r) with one reduction each; name the first bad adapter."""
+    if all_finite(q) and all_finite(r):
+        return
+    for label, q_i, r_i in zip(labels, q, r, strict=True):
+        check_finite(f"{label} (Q)", q_i)
+        check_finite(f"{label} (R)", r_i)
 
 
 def stack_q(qs: Sequence[torch.Tensor]) -> torch.Tensor:
