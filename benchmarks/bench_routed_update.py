@@ -1,9 +1,12 @@
-"""The routed LoRA update Q_i (R_i z) of T tokens: seqr.routing's routed_update against one sparse product.
+"""The routed LoRA update Q_i (R_i z) of T tokens: the native kernel, routed_update and one sparse product.
 
-Both get the same random Q (N, m, r), R (N, r, r), z (T, r) and a uniformly random adapter per
-token, which is what per-token routing among N similar adapters produces. The sparse product is
-a (T, N r) CSR matrix, whose row t holds u_t = R_{i_t} z_t in adapter i_t's r columns, times Q
-stacked as (N r, m) rows. Each time is the fastest of ``--repeats`` interleaved calls.
+All get the same random Q (N, m, r), R (N, r, r), z (T, r) and a uniformly random adapter per
+token, which is what per-token routing among N similar adapters produces. ``routed_update`` is
+the torch path of seqr/routing/update.py (CUDA, per-sequence and top-k routing use it). The
+native kernel (seqr/routing/kernels.c) adds the update into an existing (T, m) output, as the
+routed layers do on the CPU. The sparse product is a (T, N r) CSR matrix, whose row t holds
+u_t = R_{i_t} z_t in adapter i_t's r columns, times Q stacked as (N r, m) rows. Each time is the
+fastest of ``--repeats`` interleaved calls.
 
 Example (the recorded run):
     python benchmarks/bench_routed_update.py --threads 1
@@ -19,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from seqr.routing import native
 from seqr.routing.update import routed_update
 
 
@@ -58,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
+    kernels = native.kernels()
+    print(json.dumps({"seqr_kernels": str(native.status())}), flush=True)
     generator = torch.Generator().manual_seed(0)
     rows = []
     with torch.inference_mode():
@@ -70,13 +76,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 weights = torch.ones(args.tokens, 1)
                 expected = routed_update(q, r, z, indices.unsqueeze(1), weights)
                 torch.testing.assert_close(sparse_update(q_rows, r, z, indices), expected, rtol=1e-4, atol=1e-4)
-                best = fastest({
+                calls: dict[str, Callable[[], object]] = {
                     "routed_update": lambda: routed_update(q, r, z, indices.unsqueeze(1), weights),
                     "sparse": lambda: sparse_update(q_rows, r, z, indices),
-                }, args.repeats)
-                row = {"adapters": count, "out_features": m, "tokens": args.tokens, "rank": args.rank,
-                       "routed_update_ms": best["routed_update"] * 1e3, "sparse_ms": best["sparse"] * 1e3}
-                row["speedup"] = row["routed_update_ms"] / row["sparse_ms"]
+                }
+                if kernels is not None:
+                    q_t, r_rows, out = q.transpose(1, 2).contiguous(), r.contiguous(), torch.zeros(args.tokens, m)
+                    kernels.add_update(out, z, indices, r_rows, q_t, 1.0)
+                    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+                    # The timed calls keep adding into the same output, as a routed layer adds into its base output.
+                    calls["native"] = lambda: kernels.add_update(out, z, indices, r_rows, q_t, 1.0)
+                best = fastest(calls, args.repeats)
+                row = {"adapters": count, "out_features": m, "tokens": args.tokens, "rank": args.rank}
+                row.update({f"{name}_ms": seconds * 1e3 for name, seconds in best.items()})
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return 0
