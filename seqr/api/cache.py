@@ -3,6 +3,13 @@
 A version's factors never change once stored (a retrain creates a new version), so a cached entry
 can only become stale by losing its authorisation or being replaced. The model wrapper drops
 entries when the registry's change counter shows such a change; this class only stores them.
+
+The routed layers read one stack per module of a whole candidate set. Once a candidate set is
+stacked, the cached factors of its versions become views into the stacks, so the cache and the
+routed layers share one copy of each adapter. The stacks of a candidate set stay findable while a
+model still uses them, so a second model with the same candidate set reuses them without copying.
+Models with different candidate sets have their own stacks, so an adapter in two such sets is
+stored twice while both models are loaded.
 """
 
 from __future__ import annotations
@@ -10,12 +17,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from seqr.api.timings import LoadTimings
 from seqr.routing.factors import AdapterFactors, ModuleFactors
+from seqr.routing.library import StackedFactors
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +40,18 @@ def factors_to(factors: AdapterFactors, device: torch.device) -> AdapterFactors:
     })
 
 
+@dataclass(frozen=True, eq=False)
+class StackedAdapters:
+    """The stacked factors of one candidate set: ``keys`` in routing order, one stack per module.
+
+    Every model that routes among this candidate set shares these stacks, and the routed layers
+    only read them. The cache finds them only while some model keeps a reference to this object.
+    """
+
+    keys: tuple[CacheKey, ...]
+    modules: Mapping[str, StackedFactors]
+
+
 def _synchronize(device: torch.device) -> None:
     """Wait for queued copies to ``device``, so that a transfer's time is measured where it happens."""
     if device.type == "cuda":
@@ -42,6 +64,7 @@ class AdapterCache:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self._entries: dict[CacheKey, AdapterFactors] = {}
+        self._stacks: weakref.WeakValueDictionary[tuple[CacheKey, ...], StackedAdapters] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
         self.decryptions = 0
 
@@ -106,6 +129,42 @@ class AdapterCache:
                 found[key] = self._entries.setdefault(key, factors)
         return found
 
+    def get_or_stack(
+        self,
+        keys: Sequence[CacheKey],
+        load: Callable[[list[CacheKey]], list[AdapterFactors]],
+        stack: Callable[[list[AdapterFactors]], Mapping[str, StackedFactors]],
+        timings: LoadTimings | None = None,
+    ) -> StackedAdapters:
+        """Return the stacks of exactly ``keys``, in that order, building them only when no model uses them.
+
+        Stacks that a live model built for the same keys are returned as they are: nothing is
+        decrypted, copied or checked again. Otherwise the missing versions are loaded as in
+        :meth:`get_or_load_many`, ``stack`` builds one stack per module from the factors in the
+        order of ``keys``, and the cached factors of ``keys`` become views into those stacks.
+        With ``timings``, the seconds of ``stack`` are added to ``attach_seconds``.
+        """
+        ordered = tuple(keys)
+        with self._lock:
+            live = self._stacks.get(ordered)
+        if live is not None:
+            if timings is not None:
+                timings.cached += len(ordered)
+            return live
+        factors = self.get_or_load_many(ordered, load, timings)
+        start = time.perf_counter()
+        built = StackedAdapters(ordered, dict(stack([factors[key] for key in ordered])))
+        _synchronize(self.device)
+        if timings is not None:
+            timings.attach_seconds += time.perf_counter() - start
+        with self._lock:
+            stacked = self._stacks.setdefault(ordered, built)
+            for position, key in enumerate(ordered):
+                entry = self._entries.get(key)
+                if entry is not None:
+                    self._entries[key] = _views(stacked, position, entry, self.device)
+        return stacked
+
     def keys(self) -> set[CacheKey]:
         with self._lock:
             return set(self._entries)
@@ -124,3 +183,18 @@ class AdapterCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+def _views(stacked: StackedAdapters, position: int, entry: AdapterFactors, device: torch.device) -> AdapterFactors:
+    """Return ``entry`` with its Q and R replaced by views into adapter ``position`` of ``stacked``.
+
+    The entry's own tensors are then no longer referenced by the cache, so their memory is freed
+    once nothing else references them. Entries whose stacks live on another device stay as they are.
+    """
+    modules: dict[str, ModuleFactors] = {}
+    for name, module in entry.modules.items():
+        stack = stacked.modules.get(name)
+        if stack is None or stack.q.device.type != device.type:
+            return entry
+        modules[name] = ModuleFactors(q=stack.q[position], r=stack.r[position], mu=module.mu, sigma=module.sigma)
+    return AdapterFactors(modules)

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from seqr.api.cache import AdapterCache, CacheKey
+from seqr.api.cache import AdapterCache, CacheKey, StackedAdapters
 from seqr.api.explain import ModuleRoute, RouteExplanation
 from seqr.api.timings import LoadTimings
 from seqr.errors import InvalidInputError
 from seqr.registry.views import AdapterVersionInfo, Library
-from seqr.routing import Granularity, RoutedModel, RoutingMethod, attach_routing
+from seqr.routing import AdapterFactors, Granularity, RoutedModel, RoutingMethod, StackedFactors
+from seqr.routing.attach import attach_stacked, stack_adapters
 from seqr.training.base_model import BaseModel
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class RoutedLanguageModel:
         self._cache = cache
         self._shared_a = {name: a.to(device) for name, a in library.shared_a.items()}
         self._routed: RoutedModel | None = None
+        self._stacked: StackedAdapters | None = None  # keeps the stacks findable in the cache while in use
         self._versions: dict[CacheKey, AdapterVersionInfo] = {}
         self._generation: int | None = None
         self._lock = threading.RLock()
@@ -114,23 +116,18 @@ class RoutedLanguageModel:
                 timings = LoadTimings(resolve_seconds=time.perf_counter() - start)
                 self._cache.drop(set(self._versions) - set(authorised))
                 ordered = sorted(authorised, key=lambda key: authorised[key].silo)
-                factors = self._cache.get_or_load_many(
-                    ordered,
-                    lambda missing: [loaded.factors for loaded in registry.load_adapters(principal, [key[1] for key in missing])],
-                    timings,
-                )
-                adapters = {authorised[key].silo: factors[key] for key in ordered}
-                timings.adapters = len(adapters)
-                timings.adapter_bytes = sum(factors.nbytes() for factors in adapters.values())
-                attach_start = time.perf_counter()
-                self._attach(adapters)
-                timings.attach_seconds = time.perf_counter() - attach_start
+                silos = [authorised[key].silo for key in ordered]
+                if ordered:
+                    self._attach(ordered, silos, timings)
+                else:
+                    self._detach()
+                    logger.warning("%s has no authorised adapter left; serving the base model", principal.describe())
                 self._versions = authorised
                 self.load_timings = timings
                 self._first_forward_pending = True
                 logger.info(
                     "%s routes among %d adapter(s) of library %s: %s",
-                    principal.describe(), len(adapters), self.library.info.name, ", ".join(adapters) or "none",
+                    principal.describe(), len(silos), self.library.info.name, ", ".join(silos) or "none",
                 )
             self._generation = generation
 
@@ -146,27 +143,46 @@ class RoutedLanguageModel:
                 torch.cuda.synchronize(self.device)
             self.load_timings.first_forward_seconds = time.perf_counter() - self._request_start
 
-    def _attach(self, adapters: dict[str, Any]) -> None:
+    def _attach(self, ordered: list[CacheKey], silos: list[str], timings: LoadTimings) -> None:
+        """Route among the versions ``ordered`` (named ``silos``), loading and stacking what the cache lacks."""
+        registry, principal = self._session.registry, self._session.principal
+
+        def load(missing: list[CacheKey]) -> list[AdapterFactors]:
+            return [loaded.factors for loaded in registry.load_adapters(principal, [key[1] for key in missing])]
+
+        def stack(factors: list[AdapterFactors]) -> dict[str, StackedFactors]:
+            # Detaching only after the load succeeded keeps the previous routing when it fails.
+            self._detach()
+            # The registry's codec rejected NaN and Inf when it decoded these factors.
+            return stack_adapters(self.model, self._shared_a, dict(zip(silos, factors, strict=True)), check_values=False)
+
+        stacked = self._cache.get_or_stack(ordered, load, stack, timings)
+        self._detach()
+        timings.adapters = len(ordered)
+        timings.adapter_bytes = sum(
+            stack.q[0].nbytes + stack.r[0].nbytes for stack in stacked.modules.values()
+        ) * len(ordered)
+        attach_start = time.perf_counter()
+        info = self.library.info
+        self._routed = attach_stacked(
+            self.model, stacked.modules, silos, scaling=info.alpha / info.rank,
+            method=self.method, granularity=self.granularity,
+        )
+        self._stacked = stacked
+        timings.attach_seconds += time.perf_counter() - attach_start
+
+    def _detach(self) -> None:
         if self._routed is not None:
             self._routed.detach()
             self._routed = None
-        if not adapters:
-            logger.warning("%s has no authorised adapter left; serving the base model", self._session.principal.describe())
-            return
-        info = self.library.info
-        self._routed = attach_routing(
-            self.model, self._shared_a, adapters, scaling=info.alpha / info.rank,
-            method=self.method, granularity=self.granularity,
-        )
+        self._stacked = None
 
     def close(self) -> None:
         """Detach the adapters and release the cached factors this model used."""
         # NOTE: the cache is shared by every session of the registry, so another session that
         # still routes among these versions decrypts them again on its next change.
         with self._lock:
-            if self._routed is not None:
-                self._routed.detach()
-                self._routed = None
+            self._detach()
             self._cache.drop(self._versions)
             self._versions = {}
             self._forward_hook.remove()

@@ -13,12 +13,13 @@ class LoadTimings:
     ``resolve_seconds``: re-checking the caller and listing its authorised adapter versions.
     ``decrypt_seconds``: reading and decrypting the versions missing from the device cache.
     ``transfer_seconds``: moving their Q and R to the model's device.
-    ``attach_seconds``: stacking the routing tensors of every adapted module, once per load.
+    ``attach_seconds``: stacking the routing tensors of every adapted module and attaching the
+    routed layers; nothing is stacked when another model already routes among the same versions.
     ``first_forward_seconds``: from the start of the first request after the load to the end of
     its first model forward (for ``generate``, the prompt pass that yields the first new token);
     None until that request has run. ``decrypted`` counts versions decrypted by this load and
     ``cached`` those the device cache already held. ``adapter_bytes`` is the size of the Q and R
-    tensors of the attached adapters; the stacked routing tensors hold one more copy of them.
+    tensors of the attached adapters; the device cache and the routed layers share one copy of them.
     """
 
     adapters: int = 0
