@@ -6,8 +6,14 @@ inserted as rows (see :func:`fill`), and three users: ``direct`` has a use grant
 ``group`` is a member of a group granted every silo, ``nobody`` has no grant. Per user it times
 the two reads of a request: ``check_principal`` (run by every request) and ``authorized_adapters``
 (run when the change counter moved), each as the fastest and the median of ``--repeats`` calls.
+It also times ``load_adapters`` of the user's authorised versions among the API-filled silos,
+the only ones with factors to decrypt.
 
 PostgreSQL: a fresh database is created on the server of ``--postgres-url`` and dropped at the end.
+After filling it the script runs ANALYZE, as autovacuum would within a minute or so of the bulk
+insert (``--skip-analyze`` measures the state before that). Without statistics, PostgreSQL 15's
+planner estimated a handful of rows per table and joined every active version of the tenant row by
+row, even for a user without grants.
 
 Example (the recorded run):
     python benchmarks/bench_resolve.py --silos 10000 --json resolve.json
@@ -136,6 +142,11 @@ def insert_rows(registry: Registry, admin: Principal, numbers: range, direct: in
         state.generation += 1
 
 
+def silo_number(name: str) -> int:
+    """Return the index of a silo named by :func:`fill` (``silo-00042`` -> 42)."""
+    return int(name.removeprefix("silo-"))
+
+
 def timed(call: Callable[[], object], repeats: int) -> dict[str, float]:
     call()
     times = []
@@ -146,22 +157,32 @@ def timed(call: Callable[[], object], repeats: int) -> dict[str, float]:
     return {"best_ms": min(times) * 1e3, "median_ms": statistics.median(times) * 1e3}
 
 
-def measure(url: str | None, directory: Path, silos: int, direct: int, api_silos: int, repeats: int) -> dict[str, Any]:
+def measure(
+    url: str | None, directory: Path, silos: int, direct: int, api_silos: int, repeats: int, analyze: bool
+) -> dict[str, Any]:
     registry, created = Registry.init(directory, url)
     try:
         admin = registry.authenticate(created.token)
         filled = fill(registry, admin, silos, direct, api_silos)
+        if url is not None and analyze:
+            with registry.engine.connect() as connection:
+                connection.execute(text("ANALYZE"))
+                connection.commit()
         results: dict[str, Any] = {
             "api_silos": min(silos, api_silos), "api_fill_seconds": filled["api_seconds"],
             "row_fill_seconds": filled["rows_seconds"], "users": {},
         }
         for user, token in filled["tokens"].items():
             principal = registry.authenticate(token)
-            adapters = len(registry.authorized_adapters(principal))
+            versions = registry.authorized_adapters(principal)
+            adapters = len(versions)
+            loadable = [version.id for version in versions if silo_number(version.silo) < api_silos]
             results["users"][user] = {
                 "authorized_adapters": adapters,
                 "check_principal": timed(lambda p=principal: registry.check_principal(p), repeats),
                 "authorized_adapters_call": timed(lambda p=principal: registry.authorized_adapters(p), repeats),
+                "load_adapters": len(loadable),
+                "load_adapters_call": timed(lambda p=principal, ids=loadable: registry.load_adapters(p, ids), repeats),
             }
             logger.info("%s: %d adapters, %s", user, adapters, results["users"][user])
         return results
@@ -177,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="Timed calls per measurement.")
     parser.add_argument("--backends", default="sqlite,postgresql", help="Comma-separated: sqlite, postgresql.")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL, help="Server to create the database on.")
+    parser.add_argument("--skip-analyze", action="store_true", help="Do not run ANALYZE on PostgreSQL after filling.")
     parser.add_argument("--json", type=Path, default=None, help="Write the results as JSON to this file.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
@@ -184,15 +206,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     report: dict[str, Any] = {
         "machine": describe_machine(torch.device("cpu")), "command": " ".join(sys.argv),
-        "silos": args.silos, "direct": args.direct, "repeats": args.repeats, "backends": {},
+        "silos": args.silos, "direct": args.direct, "repeats": args.repeats, "analyze": not args.skip_analyze,
+        "backends": {},
     }
     for backend in [part.strip() for part in args.backends.split(",") if part.strip()]:
         with tempfile.TemporaryDirectory(prefix="seqr-bench-resolve-") as directory:
             if backend == "sqlite":
-                report["backends"][backend] = measure(None, Path(directory) / "registry", args.silos, args.direct, args.api_silos, args.repeats)
+                report["backends"][backend] = measure(
+                    None, Path(directory) / "registry", args.silos, args.direct, args.api_silos, args.repeats, False
+                )
             elif backend == "postgresql":
                 with postgres_database(args.postgres_url) as url:
-                    report["backends"][backend] = measure(url, Path(directory) / "registry", args.silos, args.direct, args.api_silos, args.repeats)
+                    report["backends"][backend] = measure(
+                        url, Path(directory) / "registry", args.silos, args.direct, args.api_silos, args.repeats,
+                        not args.skip_analyze,
+                    )
             else:
                 parser.error(f"unknown backend {backend!r}; use sqlite or postgresql")
     output = json.dumps(report, indent=2)
