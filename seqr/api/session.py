@@ -55,16 +55,38 @@ def model_source(source: str | Path | None) -> str | None:
 
 
 def load_shared_base(source: str | Path | None) -> BaseModel:
-    """Load a base model once per process and return a private copy the caller may modify."""
+    """Load a base model once per process and return a copy that shares its weights.
+
+    The copy's modules and tokenizer are its own, so attaching routing, moving the copy to
+    another device or casting it leaves the cached model and other copies unchanged (see
+    :func:`share_weights`). Writing to a weight in place would change every copy.
+    """
     key = model_source(source) or "<default>"
     with _base_models_lock:
         cached = _base_models.get(key)
         if cached is None:
             cached = _base_models[key] = load_base_model(source)
     return BaseModel(
-        model=copy.deepcopy(cached.model), tokenizer=copy.deepcopy(cached.tokenizer),
+        model=share_weights(cached.model), tokenizer=copy.deepcopy(cached.tokenizer),
         name=cached.name, fingerprint=cached.fingerprint,
     )
+
+
+def share_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """Return a deep copy of ``model`` whose parameters and buffers share storage with the original.
+
+    Every module object is copied, so replacing a submodule of the copy leaves the original
+    alone. Every parameter of the copy is a new ``nn.Parameter`` over the original's storage.
+    ``Module.to`` and ``Module.half`` assign the converted tensor to ``param.data`` of the existing
+    parameter object (torch's default conversion), so they change only the copy. Tied weights
+    stay tied.
+    """
+    memo: dict[int, object] = {}
+    for parameter in model.parameters():
+        memo[id(parameter)] = torch.nn.Parameter(parameter.detach(), requires_grad=parameter.requires_grad)
+    for buffer in model.buffers():
+        memo[id(buffer)] = buffer.detach()
+    return copy.deepcopy(model, memo)
 
 
 class Session:
@@ -110,6 +132,8 @@ class Session:
                     "pass base_model or library"
                 )
             base = load_shared_base(sources.pop())
+        # NOTE: on a device other than the CPU every model gets its own copy of the base weights,
+        # because the weights shared by load_shared_base stay on the CPU.
         base.model.to(target).eval()
         chosen = _match_library(base, candidates)
         return RoutedLanguageModel(
