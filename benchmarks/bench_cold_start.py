@@ -16,7 +16,6 @@ Example (the recorded run):
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import logging
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 
 from seqr.api import RoutedLanguageModel, login
-from seqr.api.session import adapter_cache
+from seqr.api.session import adapter_cache, share_weights
 from seqr.registry.registry import Registry
 from seqr.routing.benchmark import describe_machine
 from seqr.routing.factors import AdapterFactors, ModuleFactors
@@ -124,7 +123,8 @@ def open_or_fill(directory: Path, base: BaseModel, count: int, rank: int) -> tup
 
 
 def copy_of(base: BaseModel) -> BaseModel:
-    return BaseModel(model=copy.deepcopy(base.model), tokenizer=base.tokenizer, name=base.name, fingerprint=base.fingerprint)
+    """Return a copy of ``base`` that shares its weights, as ``load_model`` makes of a cached base model."""
+    return BaseModel(model=share_weights(base.model), tokenizer=base.tokenizer, name=base.name, fingerprint=base.fingerprint)
 
 
 def measure(registry: Registry, base: BaseModel, admin: Any, count: int, device: torch.device) -> dict[str, Any]:
