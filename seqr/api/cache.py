@@ -191,6 +191,8 @@ def _views(stacked: StackedAdapters, position: int, entry: AdapterFactors, devic
     The entry's own tensors are then no longer referenced by the cache, so their memory is freed
     once nothing else references them. Entries whose stacks live on another device stay as they are.
     """
+    # NOTE: a view keeps the storage of its whole stack alive, so dropping some entries of a stack
+    # frees no device memory until the stack's models are gone and its other entries are dropped too.
     modules: dict[str, ModuleFactors] = {}
     for name, module in entry.modules.items():
         stack = stacked.modules.get(name)
