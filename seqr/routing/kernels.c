@@ -23,7 +23,14 @@
 #include <immintrin.h>
 #endif
 
+/* Floats per vector: 16 where AVX-512 is enabled, else 8. native.py reads it from seqr_lanes(). */
+#ifndef LANES
+#if defined(__AVX512F__)
+#define LANES 16
+#else
 #define LANES 8
+#endif
+#endif
 #define TOKEN_BLOCK 4      /* tokens scored together against each block of adapters */
 #define TOKEN_CHUNK 64     /* tokens a thread projects and scores as one unit of work */
 #define PROJECT_TILE 512   /* columns of A per tile: 8 rows of 512 floats fill half of L1; native.py packs A alike */
@@ -32,8 +39,11 @@
 /*
  * Keep a loaded vector in a register. Without this GCC folds the load into every FMA that uses
  * it, so one vector is read from memory once per use and the loads, not the FMAs, set the pace.
+ * Only used where one register fits a whole vector.
  */
-#if defined(__GNUC__) && defined(__AVX__)
+#if defined(__GNUC__) && defined(__AVX512F__) && LANES == 16
+#define IN_REGISTER(v) __asm__("" : "+v"(v))
+#elif defined(__GNUC__) && defined(__AVX__) && LANES == 8
 #define IN_REGISTER(v) __asm__("" : "+x"(v))
 #else
 #define IN_REGISTER(v) ((void)0)
@@ -41,6 +51,8 @@
 
 typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(LANES * sizeof(int32_t))));
+
+int seqr_lanes(void) { return LANES; }
 
 static inline vf load(const float *p) {
     vf v;
@@ -51,7 +63,8 @@ static inline vf load(const float *p) {
 static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
 static inline vf splat(float s) {
-    vf v = {s, s, s, s, s, s, s, s};
+    vf v;
+    for (int i = 0; i < LANES; i++) v[i] = s;
     return v;
 }
 
@@ -62,7 +75,7 @@ static inline float lane_sum(vf v) {
 }
 
 static inline int any_lane(vi m) {
-#if defined(__AVX__)
+#if defined(__AVX__) && LANES == 8
     return _mm256_movemask_ps((__m256)m) != 0;
 #else
     int32_t acc = 0;
@@ -77,7 +90,7 @@ static inline int any_lane(vi m) {
  * starts at packed + k0 r with its r rows of w floats one after another. Rows of A itself
  * lie n floats apart, which for n a power of two maps them all to the same L1 cache sets.
  * Two tokens times four rows make eight independent accumulators, enough for both FMA units.
- * `partial` holds count * r vectors of scratch.
+ * `partial` is scratch space for count * r vectors.
  */
 static void project(const float *x, int64_t count, int64_t n, const float *a, const float *packed, int64_t r,
                     float *z, vf *partial) {

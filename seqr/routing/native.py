@@ -35,8 +35,8 @@ from seqr.errors import InvalidInputError
 logger = logging.getLogger(__name__)
 
 ENABLE_VARIABLE = "SEQR_NATIVE"
+FLAGS_VARIABLE = "SEQR_KERNEL_CFLAGS"  # extra compiler flags, for example -DLANES=16 to test the AVX-512 layout
 KERNEL_DIR_VARIABLE = "SEQR_KERNEL_DIR"
-LANES = 8  # adapters per vector in kernels.c
 MARGIN = 2e-5  # kernels.c's relative margin for rounding in its test on squares
 PROJECT_TILE = 512  # columns of A per tile in kernels.c's projection
 MAX_RANK = 64  # kernels.c keeps at most r (r + 1) / 2 = 2080 pair products per token
@@ -76,6 +76,9 @@ class NativeKernels:
             pointer, i64, i64, pointer, pointer, i64, pointer, pointer, pointer, i64, pointer, pointer, pointer,
             ctypes.c_int,
         ]  # fmt: skip
+        lanes = lib.seqr_lanes
+        lanes.restype, lanes.argtypes = ctypes.c_int, []
+        self.lanes = int(lanes())  # adapters per vector; the tables' layout depends on it
         self._update = lib.seqr_update
         self._update.restype = ctypes.c_int
         self._update.argtypes = [
@@ -132,6 +135,11 @@ class NativeKernels:
         self._run_update(out, z, index, tables.r, tables.q_t, scale)
 
     def _run_select(self, rows: torch.Tensor, tables: SelectTables) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if tables.lanes != self.lanes:
+            raise InvalidInputError(
+                f"the tables were laid out for {tables.lanes} lanes but the kernels use {self.lanes}; "
+                "build them with SelectTables.build(..., lanes=kernels.lanes)"
+            )
         tokens, n = rows.shape
         rank = int(tables.a.shape[0])
         z = torch.empty(tokens, rank, dtype=torch.float32)
@@ -167,9 +175,10 @@ class NativeKernels:
 class SelectTables:
     """SEQR's scoring tables in the layout ``seqr_select`` reads.
 
-    ``a_packed`` stores A's columns up to the last multiple of 8, tile by tile of
+    ``lanes`` (L) is the kernels' vector width in floats, 8 or 16 (:attr:`NativeKernels.lanes`).
+    ``a_packed`` stores A's columns up to the last multiple of L, tile by tile of
     ``PROJECT_TILE`` columns, each tile's r rows one after another.
-    ``blocks`` is (2 ceil(N / 16), P, 8): the doubled upper-triangle Gram entries of 8 adapters
+    ``blocks`` is (2 ceil(N / 2L), P, L): the doubled upper-triangle Gram entries of L adapters
     per block, divided by sigma^2 when calibrated, with an even number of blocks; ``offset`` is
     mu / sigma (zero uncalibrated) and ``offset_low`` the same less a relative margin of
     ``MARGIN``, which the kernel's test on squares needs; both padded alike.
@@ -181,6 +190,7 @@ class SelectTables:
     offset: torch.Tensor
     offset_low: torch.Tensor
     num_adapters: int
+    lanes: int
     r: torch.Tensor | None = None
     q_t: torch.Tensor | None = None
 
@@ -191,6 +201,7 @@ class SelectTables:
         gram_t: torch.Tensor,
         offset: torch.Tensor | None,
         *,
+        lanes: int,
         r: torch.Tensor | None = None,
         q: torch.Tensor | None = None,
     ) -> SelectTables:
@@ -201,15 +212,15 @@ class SelectTables:
         the view that :func:`seqr.routing.library.stack_q` returns.
         """
         pairs, adapters = gram_t.shape
-        padded = -(-adapters // (2 * LANES)) * 2 * LANES  # the kernel reads blocks in pairs
+        padded = -(-adapters // (2 * lanes)) * 2 * lanes  # the kernel reads blocks in pairs
         table = torch.zeros(pairs, padded, dtype=torch.float32)
         table[:, :adapters] = gram_t.detach().to("cpu", torch.float32)
-        blocks = table.view(pairs, padded // LANES, LANES).permute(1, 0, 2).contiguous()
+        blocks = table.view(pairs, padded // lanes, lanes).permute(1, 0, 2).contiguous()
         shift = torch.zeros(padded, dtype=torch.float32)
         if offset is not None:
             shift[:adapters] = offset.detach().to("cpu", torch.float32)
         a = a.detach().to("cpu", torch.float32).contiguous()
-        full = a.shape[1] - a.shape[1] % LANES
+        full = a.shape[1] - a.shape[1] % lanes
         tiles = [a[:, k0 : min(k0 + PROJECT_TILE, full)].reshape(-1) for k0 in range(0, full, PROJECT_TILE)]
         return cls(
             a=a,
@@ -218,6 +229,7 @@ class SelectTables:
             offset=shift,
             offset_low=shift - MARGIN * shift.abs(),
             num_adapters=adapters,
+            lanes=lanes,
             r=None if r is None else r.detach().to("cpu", torch.float32).contiguous(),
             q_t=None if q is None else q.detach().to("cpu", torch.float32).transpose(1, 2).contiguous(),
         )
@@ -277,7 +289,9 @@ def _build(compiler: str, source: str) -> tuple[Path, tuple[str, ...]]:
     directory = kernel_dir()
     directory.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
-    for flags in _FLAG_SETS:
+    extra = tuple(os.environ.get(FLAGS_VARIABLE, "").split())
+    for base_flags in _FLAG_SETS:
+        flags = (*base_flags, *extra)
         key = hashlib.sha256("\0".join([source, compiler, version, *flags, _cpu_identity()]).encode()).hexdigest()[:16]
         target = directory / f"seqr_kernels_{key}.so"
         if target.exists():

@@ -102,13 +102,15 @@ class SeqrRouter(Router):
 
     def _tables(self) -> native.SelectTables:
         if self._native_tables is None:
+            kernels = native.kernels()
+            assert kernels is not None, "_tables() is only called once _kernels() returned the kernels"
             gram_t, offset = self._gram_t, None
             if self.factors.mu is not None and self.factors.sigma is not None:
                 # (||R z|| - mu) / sigma = sqrt(z^T (G / sigma^2) z) - mu / sigma
                 gram_t = gram_t / self.factors.sigma.square()
                 offset = self.factors.mu / self.factors.sigma
             self._native_tables = native.SelectTables.build(
-                self.factors.a, gram_t, offset, r=self.factors.r, q=self.factors.q
+                self.factors.a, gram_t, offset, lanes=kernels.lanes, r=self.factors.r, q=self.factors.q
             )
         return self._native_tables
 

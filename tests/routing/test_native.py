@@ -183,3 +183,23 @@ def test_kernels_fall_back_without_a_compiler(fresh_kernel_state, monkeypatch) -
     monkeypatch.setattr(native, "_compiler", lambda: None)
     assert native.kernels() is None
     assert "no C compiler" in str(native.status())
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_kernels_with_either_vector_width_choose_like_naive(fresh_kernel_state, monkeypatch, lanes) -> None:
+    """16 lanes is the layout of AVX-512 machines; other compilers emulate it, so any CPU can check it."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv(native.FLAGS_VARIABLE, f"-DLANES={lanes}")
+    loaded = native.kernels()
+    assert loaded is not None, native.status()
+    assert loaded.lanes == lanes
+    a, b, x, mu, sigma = _library(45, 5, 70, 40, 23)
+    router = make_router("seqr", a, b, mu=mu, sigma=sigma)
+    reference = make_router("naive", a, b, mu=mu, sigma=sigma).scores(x)
+    chosen = router.select(x)
+    picked = reference.gather(1, chosen.unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(picked, reference.max(dim=1).values, rtol=1e-5, atol=1e-5)
+    out = torch.zeros(23, 40)
+    assert router.add_routed_update(x, out, 2.0)
+    torch.testing.assert_close(out, 2.0 * router.update(x, router.route(x)), rtol=1e-5, atol=1e-5)
