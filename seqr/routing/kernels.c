@@ -63,9 +63,8 @@ static inline vf load(const float *p) {
 static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
 static inline vf splat(float s) {
-    vf v;
-    for (int i = 0; i < LANES; i++) v[i] = s;
-    return v;
+    const vf zero = {0};
+    return zero + s; /* a scalar operand is broadcast; compiles to one broadcast instruction */
 }
 
 static inline float lane_sum(vf v) {
