@@ -105,6 +105,8 @@ class NativeKernels:
             _check_cpu_float32(name, tensor)
         tokens, m = out.shape
         adapters, rank = int(r.shape[0]), int(r.shape[1])
+        if r.shape != (adapters, rank, rank):
+            raise InvalidInputError(f"R must be an (N, r, r) tensor, got shape {tuple(r.shape)}")
         if index.dtype != torch.int64 or not index.is_contiguous() or index.shape != (tokens,):
             raise InvalidInputError(f"index must be a contiguous int64 ({tokens},) tensor, got {tuple(index.shape)}")
         if z.shape != (tokens, rank) or q_t.shape != (adapters, rank, m):
@@ -193,6 +195,36 @@ class SelectTables:
     lanes: int
     r: torch.Tensor | None = None
     q_t: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # The kernels trust these shapes, so tables that break them would make C read out of bounds.
+        for name in ("a", "a_packed", "blocks", "offset", "offset_low", "r", "q_t"):
+            if getattr(self, name) is not None:
+                _check_cpu_float32(name, getattr(self, name))
+        if self.a.ndim != 2 or self.a.shape[0] < 1 or self.lanes < 1 or self.num_adapters < 1:
+            raise InvalidInputError(
+                f"invalid tables: A has shape {tuple(self.a.shape)}, lanes={self.lanes}, "
+                f"num_adapters={self.num_adapters}; build them with SelectTables.build"
+            )
+        rank, n = int(self.a.shape[0]), int(self.a.shape[1])
+        pairs = rank * (rank + 1) // 2
+        padded = -(-self.num_adapters // (2 * self.lanes)) * 2 * self.lanes
+        problems = []
+        if self.blocks.shape != (padded // self.lanes, pairs, self.lanes):
+            problems.append(f"blocks {tuple(self.blocks.shape)} != {(padded // self.lanes, pairs, self.lanes)}")
+        if self.offset.shape != (padded,) or self.offset_low.shape != (padded,):
+            problems.append(f"offsets {tuple(self.offset.shape)}, {tuple(self.offset_low.shape)} != ({padded},)")
+        if self.a_packed.numel() < rank * (n - n % self.lanes):
+            problems.append(f"a_packed has {self.a_packed.numel()} floats, fewer than {rank * (n - n % self.lanes)}")
+        if self.r is not None and self.r.shape != (self.num_adapters, rank, rank):
+            problems.append(f"R {tuple(self.r.shape)} != {(self.num_adapters, rank, rank)}")
+        if self.q_t is not None and (self.q_t.ndim != 3 or self.q_t.shape[:2] != (self.num_adapters, rank)):
+            problems.append(f"Q^T {tuple(self.q_t.shape)} != ({self.num_adapters}, {rank}, m)")
+        if problems:
+            raise InvalidInputError(
+                f"the tables do not fit A (r={rank}, n={n}) and N={self.num_adapters}: {'; '.join(problems)}; "
+                "build them with SelectTables.build from matching A, Gram table, R and Q"
+            )
 
     @classmethod
     def build(

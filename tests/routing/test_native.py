@@ -6,6 +6,7 @@ instead of a skip, so CI cannot pass without testing the kernels.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqr.routing import Granularity, RoutingMethod, attach_routing, make_router, native
-from seqr.routing.routers import SeqrRouter
+from seqr.routing import Granularity, RoutingMethod, StackedFactors, attach_routing, make_router, native
+from seqr.routing.methods import RoutingConfig
+from seqr.routing.routers import SeqrRouter, build_router
 from tests.routing.conftest import make_library
 
 
@@ -203,3 +205,37 @@ def test_kernels_with_either_vector_width_choose_like_naive(fresh_kernel_state, 
     out = torch.zeros(23, 40)
     assert router.add_routed_update(x, out, 2.0)
     torch.testing.assert_close(out, 2.0 * router.update(x, router.route(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_native_update_rejects_r_of_wrong_shape(kernels) -> None:
+    a, b, x, _, _ = _library(4, 3, 16, 8, 5)
+    router = make_router("seqr", a, b)
+    z, index = x @ a.T, torch.full((5,), 3)
+    q_t = router.factors.q.transpose(1, 2).contiguous()
+    for r in (router.factors.r[:, :, :1].contiguous(), router.factors.r[:, 0, :].contiguous()):
+        with pytest.raises(ValueError, match=r"R must be an \(N, r, r\) tensor"):
+            kernels.add_update(torch.zeros(5, 8), z, index, r, q_t, 1.0)
+
+
+def test_select_tables_reject_a_short_gram_table(kernels) -> None:
+    a, b, _, _, _ = _library(6, 4, 32, 16, 1)
+    gram_t = make_router("seqr", a, b)._gram_t  # (10, 6) for r = 4
+    with pytest.raises(ValueError, match="tables do not fit A"):
+        native.SelectTables.build(a, gram_t[:3], None, lanes=kernels.lanes)
+
+
+def test_select_tables_reject_more_adapters_than_stored(kernels) -> None:
+    a, b, _, _, _ = _library(6, 4, 32, 16, 1)
+    tables = make_router("seqr", a, b)._tables()
+    with pytest.raises(ValueError, match="tables do not fit A"):
+        dataclasses.replace(tables, num_adapters=1000)
+
+
+def test_seqr_router_rejects_mismatched_stack(kernels) -> None:
+    """A hand-made stack whose R lists more adapters than its Q must not let C read past Q."""
+    a, b, x, _, _ = _library(6, 4, 32, 16, 5)
+    factors = make_router("seqr", a, b).factors
+    mismatched = StackedFactors(a=factors.a, q=factors.q[:1], r=torch.cat([factors.r, factors.r]))
+    router = build_router(mismatched, RoutingConfig())
+    with pytest.raises(ValueError, match=r"Q\^T \(1, 4, 16\)"):
+        router.add_routed_update(x, torch.zeros(5, 16), 1.0)
