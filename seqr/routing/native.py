@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -319,14 +320,20 @@ def _build(compiler: str, source: str) -> tuple[Path, tuple[str, ...]]:
     """Compile ``source`` into the kernel cache, trying less specific flags when a set fails."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     directory = kernel_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not _is_private(directory):
+        raise OSError(
+            f"the kernel cache {directory} belongs to another user or is writable by group or others, so "
+            f"another user could plant a library there; run chmod go-w on it or set {KERNEL_DIR_VARIABLE} "
+            "to a directory of your own"
+        )
     errors: list[str] = []
     extra = tuple(os.environ.get(FLAGS_VARIABLE, "").split())
     for base_flags in _FLAG_SETS:
         flags = (*base_flags, *extra)
         key = hashlib.sha256("\0".join([source, compiler, version, *flags, _cpu_identity()]).encode()).hexdigest()[:16]
         target = directory / f"seqr_kernels_{key}.so"
-        if target.exists():
+        if target.exists() and _is_private(target):  # any other file there is rebuilt and replaced
             return target, flags
         with tempfile.TemporaryDirectory(dir=directory) as scratch:
             source_path = Path(scratch) / "kernels.c"
@@ -335,11 +342,24 @@ def _build(compiler: str, source: str) -> tuple[Path, tuple[str, ...]]:
             command = [compiler, *flags, "-std=gnu11", "-fPIC", "-shared", str(source_path), "-o", str(built), "-lm"]
             result = subprocess.run(command, capture_output=True, text=True, check=False)
             if result.returncode == 0:
+                built.chmod(0o755)  # the compiler's mode follows the umask, which may let the group write
                 os.replace(built, target)  # atomic: a concurrent build leaves one complete file
                 logger.info("built SEQR's native kernels with %s %s into %s", compiler, " ".join(flags), target)
                 return target, flags
             errors.append(f"{' '.join(flags)}: {(result.stderr.strip().splitlines() or ['exit ' + str(result.returncode)])[-1]}")
     raise OSError("; ".join(errors))
+
+
+def _is_private(path: Path) -> bool:
+    """Return whether ``path`` belongs to this user and no other user may write to it (always True off POSIX).
+
+    The kernels run whatever library the cache holds under the expected name, so a file or
+    directory that another local user can write would let that user run code in this process.
+    """
+    if os.name != "posix":
+        return True
+    info = path.stat()
+    return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 _lock = threading.Lock()

@@ -239,3 +239,34 @@ def test_seqr_router_rejects_mismatched_stack(kernels) -> None:
     router = build_router(mismatched, RoutingConfig())
     with pytest.raises(ValueError, match=r"Q\^T \(1, 4, 16\)"):
         router.add_routed_update(x, torch.zeros(5, 16), 1.0)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_kernels_reject_a_shared_cache(fresh_kernel_state) -> None:
+    """Another user could plant a library in a cache directory that group or others can write."""
+    fresh_kernel_state.mkdir()
+    fresh_kernel_state.chmod(0o777)
+    assert native.kernels() is None
+    assert "writable by group or others" in str(native.status())
+    assert not list(fresh_kernel_state.glob("*.so"))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_kernels_rebuild_a_shared_library(fresh_kernel_state) -> None:
+    """A cached library that group or others could have rewritten is built again, not loaded."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    first = native.kernels()
+    assert first is not None, native.status()
+    # Replace the file instead of rewriting it: this process still maps the loaded library.
+    planted = fresh_kernel_state / "planted"
+    planted.write_bytes(b"not a shared library")
+    planted.chmod(0o666)
+    os.replace(planted, first.path)
+    native.reset_for_tests()
+
+    second = native.kernels()
+    assert second is not None, native.status()
+    assert second.path == first.path
+    assert second.path.stat().st_mode & 0o777 == 0o755
+    assert second.path.read_bytes()[:4] == b"\x7fELF"
