@@ -82,6 +82,20 @@ class StackedFactors:
     mu: torch.Tensor | None = None
     sigma: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        # Shapes only: values are checked where factors enter (from_b, the codec, stack checks).
+        shapes = f"A {tuple(self.a.shape)}, Q {tuple(self.q.shape)}, R {tuple(self.r.shape)}"
+        if self.a.ndim != 2 or self.q.ndim != 3 or self.r.ndim != 3:
+            raise InvalidInputError(f"stacked factors need A (r, n), Q (N, m, r) and R (N, r, r); got {shapes}")
+        adapters, rank = int(self.q.shape[0]), int(self.a.shape[0])
+        if self.q.shape[2] != rank or tuple(self.r.shape) != (adapters, rank, rank):
+            raise InvalidInputError(
+                f"stacked factors do not fit together: {shapes}; Q must be (N, m, {rank}) and R ({adapters}, {rank}, {rank})"
+            )
+        for name, values in (("mu", self.mu), ("sigma", self.sigma)):
+            if values is not None and tuple(values.shape) != (adapters,):
+                raise InvalidInputError(f"{name} has shape {tuple(values.shape)}; pass one value per adapter, ({adapters},)")
+
     @property
     def num_adapters(self) -> int:
         return int(self.q.shape[0])

@@ -25,6 +25,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -316,25 +317,33 @@ def _cpu_identity() -> str:
     return "\n".join(parts)
 
 
-def _build(compiler: str, source: str) -> tuple[Path, tuple[str, ...]]:
-    """Compile ``source`` into the kernel cache, trying less specific flags when a set fails."""
+class UnsafeKernelCacheError(OSError):
+    """The kernel cache belongs to another user or others may write to it."""
+
+
+def _builds(compiler: str, source: str, errors: list[str]) -> Iterator[tuple[Path, tuple[str, ...]]]:
+    """Yield compiled libraries in the kernel cache, from the most to the least specific flags.
+
+    A cached library is yielded without compiling. The caller stops at the first library that
+    loads; each flag set that fails to compile adds its reason to ``errors``.
+    """
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     directory = kernel_dir()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not _is_private(directory):
-        raise OSError(
+        raise UnsafeKernelCacheError(
             f"the kernel cache {directory} belongs to another user or is writable by group or others, so "
             f"another user could plant a library there; run chmod go-w on it or set {KERNEL_DIR_VARIABLE} "
             "to a directory of your own"
         )
-    errors: list[str] = []
     extra = tuple(os.environ.get(FLAGS_VARIABLE, "").split())
     for base_flags in _FLAG_SETS:
         flags = (*base_flags, *extra)
         key = hashlib.sha256("\0".join([source, compiler, version, *flags, _cpu_identity()]).encode()).hexdigest()[:16]
         target = directory / f"seqr_kernels_{key}.so"
         if target.exists() and _is_private(target):  # any other file there is rebuilt and replaced
-            return target, flags
+            yield target, flags
+            continue
         with tempfile.TemporaryDirectory(dir=directory) as scratch:
             source_path = Path(scratch) / "kernels.c"
             source_path.write_text(source, encoding="utf-8")
@@ -345,9 +354,11 @@ def _build(compiler: str, source: str) -> tuple[Path, tuple[str, ...]]:
                 built.chmod(0o755)  # the compiler's mode follows the umask, which may let the group write
                 os.replace(built, target)  # atomic: a concurrent build leaves one complete file
                 logger.info("built SEQR's native kernels with %s %s into %s", compiler, " ".join(flags), target)
-                return target, flags
-            errors.append(f"{' '.join(flags)}: {(result.stderr.strip().splitlines() or ['exit ' + str(result.returncode)])[-1]}")
-    raise OSError("; ".join(errors))
+            else:
+                reason = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+                errors.append(f"{' '.join(flags)}: {reason}")
+                continue
+        yield target, flags
 
 
 def _is_private(path: Path) -> bool:
@@ -383,14 +394,25 @@ def kernels() -> NativeKernels | None:
             _status = KernelStatus(False, "no C compiler found; install gcc or set CC")
             logger.warning("SEQR's native kernels are off: %s", _status.detail)
             return None
+        errors: list[str] = []
         try:
             source = resources.files("seqr.routing").joinpath("kernels.c").read_text(encoding="utf-8")
-            path, flags = _build(compiler, source)
-            _loaded = NativeKernels(path, flags)
-            _status = KernelStatus(True, f"{path.name}, {Path(compiler).name} {' '.join(flags)}")
+            for path, flags in _builds(compiler, source, errors):
+                try:
+                    _loaded = NativeKernels(path, flags)
+                except (OSError, AttributeError) as error:  # a library that does not load or lacks a kernel
+                    errors.append(f"{' '.join(flags)}: {path.name} did not load: {error}")
+                    continue
+                _status = KernelStatus(True, f"{path.name}, {Path(compiler).name} {' '.join(flags)}")
+                break
+            else:
+                _status = KernelStatus(False, f"build failed: {'; '.join(errors)}")
+        except UnsafeKernelCacheError as error:
+            _status = KernelStatus(False, f"unsafe kernel cache: {error}")
         except OSError as error:
             _status = KernelStatus(False, f"build failed: {error}")
-            logger.warning("SEQR's native kernels are off, routing uses torch operations: %s", error)
+        if _loaded is None:
+            logger.warning("SEQR's native kernels are off, routing uses torch operations: %s", _status.detail)
         return _loaded
 
 

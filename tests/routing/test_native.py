@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from seqr.routing import Granularity, RoutingMethod, StackedFactors, attach_routing, make_router, native
-from seqr.routing.methods import RoutingConfig
-from seqr.routing.routers import SeqrRouter, build_router
+from seqr.routing.routers import SeqrRouter
 from tests.routing.conftest import make_library
 
 
@@ -231,14 +230,16 @@ def test_select_tables_reject_more_adapters_than_stored(kernels) -> None:
         dataclasses.replace(tables, num_adapters=1000)
 
 
-def test_seqr_router_rejects_mismatched_stack(kernels) -> None:
-    """A hand-made stack whose R lists more adapters than its Q must not let C read past Q."""
-    a, b, x, _, _ = _library(6, 4, 32, 16, 5)
+def test_stacked_factors_reject_mismatched_shapes() -> None:
+    """A hand-made stack whose R lists more adapters than its Q must not reach any router."""
+    a, b, _, _, _ = _library(6, 4, 32, 16, 5)
     factors = make_router("seqr", a, b).factors
-    mismatched = StackedFactors(a=factors.a, q=factors.q[:1], r=torch.cat([factors.r, factors.r]))
-    router = build_router(mismatched, RoutingConfig())
-    with pytest.raises(ValueError, match=r"Q\^T \(1, 4, 16\)"):
-        router.add_routed_update(x, torch.zeros(5, 16), 1.0)
+    with pytest.raises(ValueError, match=r"and R \(1, 4, 4\)"):
+        StackedFactors(a=factors.a, q=factors.q[:1], r=torch.cat([factors.r, factors.r]))
+    with pytest.raises(ValueError, match=r"Q must be \(N, m, 4\)"):
+        StackedFactors(a=factors.a, q=factors.q[:, :, :3], r=factors.r)
+    with pytest.raises(ValueError, match=r"sigma has shape \(5,\)"):
+        StackedFactors(a=factors.a, q=factors.q, r=factors.r, mu=torch.ones(6), sigma=torch.ones(5))
 
 
 @pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
@@ -247,8 +248,25 @@ def test_kernels_reject_a_shared_cache(fresh_kernel_state) -> None:
     fresh_kernel_state.mkdir()
     fresh_kernel_state.chmod(0o777)
     assert native.kernels() is None
+    assert str(native.status()).startswith("torch operations (unsafe kernel cache:")
     assert "writable by group or others" in str(native.status())
     assert not list(fresh_kernel_state.glob("*.so"))
+
+
+def test_kernels_try_the_next_flags_when_a_library_does_not_load(fresh_kernel_state, monkeypatch) -> None:
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    real = native.NativeKernels
+
+    def fail_first(path, flags):
+        if "-march=native" in flags:
+            raise OSError("cannot open shared object file")
+        return real(path, flags)
+
+    monkeypatch.setattr(native, "NativeKernels", fail_first)
+    loaded = native.kernels()
+    assert loaded is not None, native.status()
+    assert "-march=native" not in loaded.flags
 
 
 @pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
