@@ -23,13 +23,16 @@
 #include <immintrin.h>
 #endif
 
-/* Floats per vector: 16 where AVX-512 is enabled, else 8. native.py reads it from seqr_lanes(). */
+/* Floats per vector: 16 where AVX-512 is enabled, else 8 (splat() knows no other widths). native.py reads it from seqr_lanes(). */
 #ifndef LANES
 #if defined(__AVX512F__)
 #define LANES 16
 #else
 #define LANES 8
 #endif
+#endif
+#if LANES != 8 && LANES != 16
+#error "LANES must be 8 or 16"
 #endif
 #define TOKEN_BLOCK 4      /* tokens scored together against each block of adapters */
 #define TOKEN_CHUNK 64     /* tokens a thread projects and scores as one unit of work */
@@ -62,9 +65,14 @@ static inline vf load(const float *p) {
 
 static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
+/* An initialiser list compiles to one broadcast; a loop over lanes, or 0 + s, does not. */
 static inline vf splat(float s) {
-    const vf zero = {0};
-    return zero + s; /* a scalar operand is broadcast; compiles to one broadcast instruction */
+#if LANES == 16
+    vf v = {s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+#else
+    vf v = {s, s, s, s, s, s, s, s};
+#endif
+    return v;
 }
 
 static inline float lane_sum(vf v) {
