@@ -369,6 +369,7 @@ def _is_private(path: Path) -> bool:
     """
     if os.name != "posix":
         return True
+    # NOTE: parent directories are not checked; one that others may write lets them swap the cache.
     info = path.stat()
     return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
