@@ -41,6 +41,7 @@ FLAGS_VARIABLE = "SEQR_KERNEL_CFLAGS"  # extra compiler flags, for example -DLAN
 KERNEL_DIR_VARIABLE = "SEQR_KERNEL_DIR"
 MARGIN = 2e-5  # kernels.c's relative margin for rounding in its test on squares
 PROJECT_TILE = 512  # columns of A per tile in kernels.c's projection
+WORK_PER_THREAD = 1 << 18  # multiply-adds (about 20 us on one core) that justify one more thread
 MAX_RANK = 64  # kernels.c keeps at most r (r + 1) / 2 = 2080 pair products per token
 _FLAG_SETS = (
     ("-O3", "-march=native", "-fopenmp"),
@@ -153,7 +154,8 @@ class NativeKernels:
             code = self._select(
                 rows.data_ptr(), tokens, n, tables.a.data_ptr(), tables.a_packed.data_ptr(), rank,
                 tables.blocks.data_ptr(), tables.offset.data_ptr(), tables.offset_low.data_ptr(), tables.num_adapters,
-                z.data_ptr(), index.data_ptr(), best.data_ptr(), _threads(tokens),
+                z.data_ptr(), index.data_ptr(), best.data_ptr(),
+                _threads(tokens, rank * n + tables.num_adapters * rank * (rank + 1) // 2),
             )  # fmt: skip
             if code == 2:
                 raise MemoryError(f"the native SEQR kernel could not allocate scratch space for {tokens} tokens")
@@ -169,7 +171,7 @@ class NativeKernels:
             return
         code = self._update(
             z.data_ptr(), tokens, int(r.shape[1]), index.data_ptr(), int(r.shape[0]), r.data_ptr(), q_t.data_ptr(),
-            m, float(scale), out.data_ptr(), _threads(tokens),
+            m, float(scale), out.data_ptr(), _threads(tokens, int(r.shape[1]) * (m + int(r.shape[1]))),
         )  # fmt: skip
         if code:
             raise InvalidInputError(f"rank r={int(r.shape[1])} exceeds the native kernels' limit of {MAX_RANK}")
@@ -269,9 +271,14 @@ class SelectTables:
         )
 
 
-def _threads(tokens: int) -> int:
-    # One thread per block of 4 tokens at most: a decoding step of a few tokens runs on one.
-    return max(1, min(torch.get_num_threads(), -(-tokens // 4)))
+def _threads(tokens: int, work_per_token: int) -> int:
+    """Return the OpenMP threads for a call: one per block of 4 tokens and per WORK_PER_THREAD multiply-adds at most.
+
+    Waking a second thread costs tens of microseconds, more than a decoding step's few tokens
+    take on one.
+    """
+    by_work = max(1, tokens * work_per_token // WORK_PER_THREAD)
+    return max(1, min(torch.get_num_threads(), -(-tokens // 4), by_work))
 
 
 def _check_cpu_float32(name: str, tensor: torch.Tensor) -> None:
