@@ -185,9 +185,9 @@ class SelectTables:
     ``a_packed`` stores A's columns up to the last multiple of L, tile by tile of
     ``PROJECT_TILE`` columns, each tile's r rows one after another.
     ``blocks`` is (2 ceil(N / 2L), P, L): the doubled upper-triangle Gram entries of L adapters
-    per block, divided by sigma^2 when calibrated, with an even number of blocks; ``offset`` is
-    mu / sigma (zero uncalibrated) and ``offset_low`` the same less a relative margin of
-    ``MARGIN``, which the kernel's test on squares needs; both padded alike.
+    per block, divided by sigma^2 when calibrated, with an even number of blocks. ``offset`` is
+    mu / sigma (zero uncalibrated). ``offset_low`` is the same less a relative margin of
+    ``MARGIN``, which the kernel's test on squares needs. Both are padded like the blocks.
     """
 
     a: torch.Tensor
@@ -371,7 +371,7 @@ def _builds(compiler: str, source: str, errors: list[str]) -> Iterator[tuple[Pat
 def _is_private(path: Path) -> bool:
     """Return whether ``path`` belongs to this user and no other user may write to it (always True off POSIX).
 
-    The kernels run whatever library the cache holds under the expected name, so a file or
+    The kernels run whatever library the cache has under the expected name, so a file or
     directory that another local user can write would let that user run code in this process.
     """
     if os.name != "posix":
