@@ -11,7 +11,7 @@ import torch
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from seqr.errors import AdapterFormatError, ConflictError, IntegrityError, NotFoundError, PermissionDeniedError
+from seqr.errors import AdapterFormatError, ConflictError, IntegrityError, NotFoundError
 from seqr.policies import access
 from seqr.registry import codec
 from seqr.registry.crypto import KeyContext, OwnerKind
@@ -49,7 +49,7 @@ class _VersionRows:
     tenants: dict[int, Tenant]
     silos: dict[int, Silo]
     libraries: dict[int, LibraryRow]
-    held: dict[int, frozenset[Permission]]  # silo id -> permissions; empty when the caller administers every silo read
+    granted: dict[int, frozenset[Permission]]  # silo id -> the caller's permissions; empty when it administers every silo read
 
 
 def _library_info(row: LibraryRow, tenant: str) -> LibraryInfo:
@@ -210,10 +210,10 @@ class AdapterMixin(SiloMixin):
         tenants = _rows_by_id(session, Tenant, {version.tenant_id for version in versions.values()})
         silos = _rows_by_id(session, Silo, {version.silo_id for version in versions.values()})
         libraries = _rows_by_id(session, LibraryRow, {version.library_id for version in versions.values()})
-        held: dict[int, frozenset[Permission]] = {}
+        granted: dict[int, frozenset[Permission]] = {}
         if any(not self._is_admin_of(actor, silo.tenant_id) for silo in silos.values()):
-            held = access.silo_permissions(session, actor.id, actor.tenant_id)
-        return _VersionRows(versions, tenants, silos, libraries, held)
+            granted = access.silo_permissions(session, actor.id, actor.tenant_id)
+        return _VersionRows(versions, tenants, silos, libraries, granted)
 
     def _require_visible(
         self, actor: Principal, rows: _VersionRows, version_id: int, permission: Permission
@@ -224,7 +224,7 @@ class AdapterMixin(SiloMixin):
         caller is a registry admin) and a version of a silo the caller has no grant on, so the
         caller cannot distinguish these cases. Raises :class:`PermissionDeniedError` when the caller's
         grants on the silo do not include ``permission``. Tenant admins hold every permission on
-        their tenant's silos, as in ``_require_silo_permission``.
+        their tenant's silos (:meth:`_check_silo_grants`, shared with ``_require_silo_permission``).
         """
         not_found = f"adapter version {version_id} not found; list versions with `seqr adapter list`"
         version = rows.versions.get(version_id)
@@ -233,16 +233,10 @@ class AdapterMixin(SiloMixin):
         tenant = rows.tenants[version.tenant_id]
         silo = rows.silos[version.silo_id]
         library = rows.libraries[version.library_id]
-        if self._is_admin_of(actor, silo.tenant_id):
-            return version, tenant, silo, library
-        held = rows.held.get(silo.id, frozenset())
-        if not held:
-            raise NotFoundError(not_found) from NotFoundError(f"silo {silo.name!r} not found in tenant {tenant.name!r}")
-        if not held & permission.implied_by():
-            raise PermissionDeniedError(
-                f"{actor.describe()} lacks the {permission.value} permission on silo {silo.name!r}; "
-                "ask a tenant admin for a grant"
-            )
+        try:
+            self._check_silo_grants(actor, silo, tenant, permission, rows.granted.get(silo.id, frozenset()))
+        except NotFoundError as error:
+            raise NotFoundError(not_found) from error
         return version, tenant, silo, library
 
     def _visible_version(

@@ -174,12 +174,20 @@ class RegistryCore:
         self, session: Session, actor: Principal, silo: Silo, tenant: Tenant, permission: Permission
     ) -> None:
         """Allow tenant admins and holders of ``permission``; a silo the caller has no grant on is 'not found'."""
+        granted: frozenset[Permission] = frozenset()
+        if not self._is_admin_of(actor, silo.tenant_id):
+            granted = access.silo_permissions(session, actor.id, actor.tenant_id).get(silo.id, frozenset())
+        self._check_silo_grants(actor, silo, tenant, permission, granted)
+
+    def _check_silo_grants(
+        self, actor: Principal, silo: Silo, tenant: Tenant, permission: Permission, granted: frozenset[Permission]
+    ) -> None:
+        """Raise unless the caller administers the silo's tenant or ``granted`` (its permissions on the silo) implies ``permission``."""
         if self._is_admin_of(actor, silo.tenant_id):
             return
-        held = access.silo_permissions(session, actor.id, actor.tenant_id).get(silo.id, frozenset())
-        if not held:
+        if not granted:
             raise NotFoundError(f"silo {silo.name!r} not found in tenant {tenant.name!r}")
-        if not held & permission.implied_by():
+        if not granted & permission.implied_by():
             raise PermissionDeniedError(
                 f"{actor.describe()} lacks the {permission.value} permission on silo {silo.name!r}; "
                 "ask a tenant admin for a grant"
