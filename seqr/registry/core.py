@@ -182,7 +182,7 @@ class RegistryCore:
     def _check_silo_grants(
         self, actor: Principal, silo: Silo, tenant: Tenant, permission: Permission, granted: frozenset[Permission]
     ) -> None:
-        """Raise unless the caller administers the silo's tenant or ``granted`` (its permissions on the silo) implies ``permission``."""
+        """Raise unless the caller administers the silo's tenant or its ``granted`` permissions imply ``permission``."""
         if self._is_admin_of(actor, silo.tenant_id):
             return
         if not granted:
