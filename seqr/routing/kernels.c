@@ -23,7 +23,10 @@
 #include <immintrin.h>
 #endif
 
-/* Floats per vector: 16 where AVX-512 is enabled, else 8 (splat() knows no other widths). native.py reads it from seqr_lanes(). */
+/*
+ * Floats per vector: 16 where AVX-512 is enabled, else 8. splat() supports only these two widths.
+ * native.py reads the width from seqr_lanes().
+ */
 #ifndef LANES
 #if defined(__AVX512F__)
 #define LANES 16
@@ -36,12 +39,12 @@
 #endif
 #define TOKEN_BLOCK 4      /* tokens scored together against each block of adapters */
 #define TOKEN_CHUNK 64     /* tokens a thread projects and scores as one unit of work */
-#define PROJECT_TILE 512   /* columns of A per tile: 8 rows of 512 floats fill half of L1; native.py packs A alike */
+#define PROJECT_TILE 512   /* columns of A per tile: 8 rows of 512 floats are 16 KiB, half of a 32 KiB L1; native.py packs A alike */
 #define MAX_PAIRS 2080     /* r (r + 1) / 2 for r = 64 */
 
 /*
- * Keep a loaded vector in a register. Without this GCC folds the load into every FMA that uses
- * it, so one vector is read from memory once per use and the loads, not the FMAs, set the pace.
+ * Keep a loaded vector in a register. Without this, GCC 12 folded the load into every FMA that
+ * used it (seen in its assembly), so the loads, not the FMAs, set the pace.
  * Only used where one register fits a whole vector.
  */
 #if defined(__GNUC__) && defined(__AVX512F__) && LANES == 16
@@ -193,7 +196,7 @@ static inline void set_best(best_so_far *best, float score, int64_t i) {
 }
 
 /*
- * Fold the eight scores of block b for one token into its running best. A lane can win only if
+ * Fold the LANES scores of block b for one token into its running best. A lane can win only if
  * sqrt(q) - c > top, that is sqrt(q) > c + top. The caller passes c_low = c - MARGIN |c|, so
  * lo = c_low + best->low lies a little below c + top: lanes with lo <= 0 or q >= lo^2 are
  * checked exactly, and the others cannot win. Most blocks are skipped without a square root.

@@ -9,8 +9,8 @@ update Q_i (R_i z) straight into the base layer's output.
 The library is compiled once per source, compiler and CPU into the kernel cache
 (``$SEQR_KERNEL_DIR``, else ``$SEQR_CACHE_DIR/kernels``, else the user cache directory) and loaded
 with :mod:`ctypes`, which releases the GIL during each call. ``SEQR_NATIVE=0`` turns the kernels
-off; without a C compiler, or when the build fails, routing uses torch operations (same choices,
-ties aside) and :func:`status` gives the reason.
+off. Without a C compiler, or when the build fails, routing uses torch operations, which make the
+same choices up to ties, and :func:`status` gives the reason.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ class NativeKernels:
         _check_cpu_float32("rows", rows)
         if rows.ndim != 2 or rows.shape[1] != tables.a.shape[1]:
             raise InvalidInputError(
-                f"rows have shape {tuple(rows.shape)} but the shared A expects (tokens, n={tables.a.shape[1]})"
+                f"rows have shape {tuple(rows.shape)} but the shared A expects (tokens, n={tables.a.shape[1]}); "
+                "reshape them to two dimensions with n features"
             )
         return self._run_select(rows, tables)
 
@@ -102,7 +103,7 @@ class NativeKernels:
     ) -> None:
         """Add scale * Q_i (R_i z_t) to row t of ``out`` (T, m) for i = index[t], in place.
 
-        ``r`` is (N, r, r) and ``q_t`` (N, r, m), Q transposed; all contiguous float32 on the CPU.
+        ``r`` is (N, r, r) and ``q_t`` (N, r, m), Q transposed. All are contiguous float32 on the CPU.
         """
         for name, tensor in (("out", out), ("z", z), ("R", r), ("Q^T", q_t)):
             _check_cpu_float32(name, tensor)
@@ -117,15 +118,20 @@ class NativeKernels:
                 f"shapes do not match: out {tuple(out.shape)}, z {tuple(z.shape)}, R {tuple(r.shape)}, "
                 f"Q^T {tuple(q_t.shape)}"
             )
-        if tokens and (int(index.min()) < 0 or int(index.max()) >= adapters):
-            raise InvalidInputError(f"an adapter index lies outside 0..{adapters - 1}")
+        if tokens:
+            low, high = int(index.min()), int(index.max())
+            if low < 0 or high >= adapters:
+                raise InvalidInputError(
+                    f"adapter indices range from {low} to {high}, outside 0..{adapters - 1}; "
+                    f"pass positions in the stack of {adapters} adapters"
+                )
         self._run_update(out, z, index, r, q_t, scale)
 
     def route_into(self, rows: torch.Tensor, tables: SelectTables, out: torch.Tensor, scale: float) -> None:
         """Choose each row's adapter and add ``scale`` times its update to ``out`` (T, m) in place.
 
         ``tables`` must carry R and Q^T. The indices come from the selection kernel itself, so
-        they are not checked again; the hot path of a routed layer.
+        they are not checked again. Routed layers call this on every forward.
         """
         if tables.r is None or tables.q_t is None:
             raise InvalidInputError("these tables carry no R and Q^T; build them with SelectTables.build(..., r=, q=)")
@@ -158,9 +164,15 @@ class NativeKernels:
                 _threads(tokens, rank * n + tables.num_adapters * rank * (rank + 1) // 2),
             )  # fmt: skip
             if code == 2:
-                raise MemoryError(f"the native SEQR kernel could not allocate scratch space for {tokens} tokens")
+                raise MemoryError(
+                    f"the native SEQR kernel failed to allocate scratch space for {tokens} tokens; "
+                    "free memory or route fewer tokens per call"
+                )
             if code:
-                raise InvalidInputError(f"rank r={rank} exceeds the native kernels' limit of {MAX_RANK}")
+                raise InvalidInputError(
+                    f"rank r={rank} exceeds the native kernels' limit of {MAX_RANK}; SEQR routers use "
+                    "torch operations for larger ranks on their own"
+                )
         return z, index, best
 
     def _run_update(
@@ -174,7 +186,10 @@ class NativeKernels:
             m, float(scale), out.data_ptr(), _threads(tokens, int(r.shape[1]) * (m + int(r.shape[1]))),
         )  # fmt: skip
         if code:
-            raise InvalidInputError(f"rank r={int(r.shape[1])} exceeds the native kernels' limit of {MAX_RANK}")
+            raise InvalidInputError(
+                f"rank r={int(r.shape[1])} exceeds the native kernels' limit of {MAX_RANK}; SEQR routers use "
+                "torch operations for larger ranks on their own"
+            )
 
 
 @dataclass(frozen=True)
@@ -285,7 +300,7 @@ def _check_cpu_float32(name: str, tensor: torch.Tensor) -> None:
     if tensor.device.type != "cpu" or tensor.dtype != torch.float32 or not tensor.is_contiguous():
         raise InvalidInputError(
             f"{name} must be a contiguous float32 CPU tensor for the native kernels, got {tensor.dtype} on "
-            f"{tensor.device} (contiguous: {tensor.is_contiguous()})"
+            f"{tensor.device} (contiguous: {tensor.is_contiguous()}); pass tensor.float().contiguous().cpu()"
         )
 
 

@@ -253,7 +253,7 @@ def test_kernels_reject_a_shared_cache(fresh_kernel_state) -> None:
     assert not list(fresh_kernel_state.glob("*.so"))
 
 
-def test_kernels_try_the_next_flags_when_a_library_does_not_load(fresh_kernel_state, monkeypatch) -> None:
+def test_kernels_skip_unloadable_library(fresh_kernel_state, monkeypatch) -> None:
     if native._compiler() is None:
         pytest.skip("no C compiler")
     real = native.NativeKernels
