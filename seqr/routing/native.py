@@ -358,6 +358,13 @@ def _builds(compiler: str, source: str, errors: list[str]) -> Iterator[tuple[Pat
             f"another user could plant a library there; run chmod go-w on it or set {KERNEL_DIR_VARIABLE} "
             "to a directory of your own"
         )
+    exposed = _unsafe_parent(directory)
+    if exposed is not None:
+        raise UnsafeKernelCacheError(
+            f"{exposed}, a parent of the kernel cache {directory}, belongs to another user or lets group or "
+            f"others replace its entries, so another user could swap the cache; set {KERNEL_DIR_VARIABLE} "
+            "to a directory under your home"
+        )
     extra = tuple(os.environ.get(FLAGS_VARIABLE, "").split())
     for base_flags in _FLAG_SETS:
         flags = (*base_flags, *extra)
@@ -391,9 +398,24 @@ def _is_private(path: Path) -> bool:
     """
     if os.name != "posix":
         return True
-    # NOTE: parent directories are not checked; one that others may write lets them swap the cache.
     info = path.stat()
     return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _unsafe_parent(directory: Path) -> Path | None:
+    """Return the first parent of ``directory`` through which another user could swap it, or None.
+
+    A parent is safe when root or this user owns it and the group and others either cannot write
+    to it or, as in /tmp, the sticky bit stops them from renaming entries they do not own.
+    """
+    if os.name != "posix":
+        return None
+    for parent in directory.resolve().parents:
+        info = parent.stat()
+        shared = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX
+        if info.st_uid not in (0, os.geteuid()) or shared:
+            return parent
+    return None
 
 
 _lock = threading.Lock()

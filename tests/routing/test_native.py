@@ -243,6 +243,23 @@ def test_stacked_factors_reject_mismatched_shapes() -> None:
 
 
 @pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_kernels_reject_a_shared_parent(fresh_kernel_state, monkeypatch) -> None:
+    """A parent that others may write without the sticky bit lets them swap the cache directory."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    parent = fresh_kernel_state.parent / "shared-parent"
+    parent.mkdir(mode=0o777)
+    parent.chmod(0o777)
+    cache = parent / "kernels"
+    monkeypatch.setenv(native.KERNEL_DIR_VARIABLE, str(cache))
+    assert native.kernels() is None
+    assert f"{parent}, a parent of the kernel cache" in str(native.status())
+    parent.chmod(0o1777)  # with the sticky bit, as /tmp has it
+    native.reset_for_tests()
+    assert native.kernels() is not None, native.status()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
 def test_kernels_reject_a_shared_cache(fresh_kernel_state) -> None:
     """Another user could plant a library in a cache directory that group or others can write."""
     fresh_kernel_state.mkdir()
