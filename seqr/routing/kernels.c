@@ -37,7 +37,7 @@
 #if LANES != 8 && LANES != 16
 #error "LANES must be 8 or 16"
 #endif
-#define TOKEN_BLOCK 4      /* tokens scored together against each block of adapters */
+#define TOKEN_BLOCK 6      /* tokens projected together, and scored together against each pair of adapter blocks */
 #define TOKEN_CHUNK 64     /* tokens a thread projects and scores as one unit of work */
 #define PROJECT_TILE 512   /* columns of A per tile: 8 rows of 512 floats are 16 KiB, half of a 32 KiB L1; native.py packs A alike */
 #define MAX_PAIRS 2080     /* r (r + 1) / 2 for r = 64 */
@@ -94,13 +94,67 @@ static inline int any_lane(vi m) {
 #endif
 }
 
+#define PROJECT_STEP(xu, s0, s1)   \
+    do {                           \
+        vf u = load((xu) + k);     \
+        IN_REGISTER(u);            \
+        s0 += u * w0;              \
+        s1 += u * w1;              \
+    } while (0)
+
+/* Add one tile of A x for six tokens, xs[u] pointing at their tile, to partial (6 r vectors). */
+static inline void project_six(const float *const xs[TOKEN_BLOCK], const float *tile, int64_t width, int64_t r,
+                               vf *partial) {
+    const float *x0 = xs[0], *x1 = xs[1], *x2 = xs[2], *x3 = xs[3], *x4 = xs[4], *x5 = xs[5];
+    for (int64_t j = 0; j < r; j += 2) {
+        const float *a0 = tile + j * width, *a1 = j + 1 < r ? a0 + width : a0; /* an odd last row pairs with itself */
+        vf s00 = splat(0.0f), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00;
+        vf s30 = s00, s31 = s00, s40 = s00, s41 = s00, s50 = s00, s51 = s00;
+        for (int64_t k = 0; k < width; k += LANES) {
+            vf w0 = load(a0 + k), w1 = load(a1 + k);
+            IN_REGISTER(w0);
+            IN_REGISTER(w1);
+            PROJECT_STEP(x0, s00, s01);
+            PROJECT_STEP(x1, s10, s11);
+            PROJECT_STEP(x2, s20, s21);
+            PROJECT_STEP(x3, s30, s31);
+            PROJECT_STEP(x4, s40, s41);
+            PROJECT_STEP(x5, s50, s51);
+        }
+        const vf first[TOKEN_BLOCK] = {s00, s10, s20, s30, s40, s50};
+        const vf second[TOKEN_BLOCK] = {s01, s11, s21, s31, s41, s51};
+        for (int64_t u = 0; u < TOKEN_BLOCK; u++) {
+            partial[u * r + j] += first[u];
+            if (j + 1 < r) partial[u * r + j + 1] += second[u];
+        }
+    }
+}
+
+/* The same for one token: eight rows at a time give eight accumulators. */
+static inline void project_one(const float *x, const float *tile, int64_t width, int64_t r, vf *partial) {
+    for (int64_t j = 0; j < r; j += 8) {
+        const float *rows[8];
+        for (int64_t i = 0; i < 8; i++) rows[i] = tile + (j + i < r ? j + i : r - 1) * width; /* missing rows repeat the last */
+        vf s[8];
+        for (int64_t i = 0; i < 8; i++) s[i] = splat(0.0f);
+        for (int64_t k = 0; k < width; k += LANES) {
+            vf u = load(x + k);
+            IN_REGISTER(u);
+            for (int64_t i = 0; i < 8; i++) s[i] += u * load(rows[i] + k);
+        }
+        for (int64_t i = 0; i < 8 && j + i < r; i++) partial[j + i] += s[i];
+    }
+}
+
 /*
  * z[t] = A x[t] for `count` tokens (rows of x, stride n), A (r, n) row-major, z (count, r).
  * `packed` stores A's first n - n % LANES columns tile by tile: the tile of columns [k0, k0 + w)
  * starts at packed + k0 r with its r rows of w floats one after another. Rows of A itself
  * lie n floats apart, which for n a power of two maps them all to the same L1 cache sets.
- * Two tokens times four rows make eight independent accumulators, enough for both FMA units.
- * `partial` is scratch space for count * r vectors.
+ * Groups of six tokens take twelve independent accumulators: an FMA's result is ready four or
+ * five cycles after it starts and two can start per cycle, so eight chains leave the FMA
+ * units idle a fifth of the time where the latency is five (AMD Zen 2). Fewer than six tokens,
+ * as in a decoding step, go one by one. `partial` is scratch space for count * r vectors.
  */
 static void project(const float *x, int64_t count, int64_t n, const float *a, const float *packed, int64_t r,
                     float *z, vf *partial) {
@@ -109,59 +163,13 @@ static void project(const float *x, int64_t count, int64_t n, const float *a, co
     for (int64_t k0 = 0; k0 < full; k0 += PROJECT_TILE) {
         const int64_t width = k0 + PROJECT_TILE < full ? PROJECT_TILE : full - k0;
         const float *tile = packed + k0 * r;
-        for (int64_t t = 0; t < count; t += 2) {
-            const float *x0 = x + t * n + k0;
-            const float *x1 = t + 1 < count ? x0 + n : x0; /* an odd last token pairs with itself */
-            vf *p0 = partial + t * r;
-            vf *p1 = t + 1 < count ? p0 + r : NULL;
-            int64_t j = 0;
-            for (; j + 4 <= r; j += 4) {
-                const float *a0 = tile + j * width, *a1 = a0 + width, *a2 = a1 + width, *a3 = a2 + width;
-                vf s00 = splat(0.0f), s01 = s00, s02 = s00, s03 = s00, s10 = s00, s11 = s00, s12 = s00, s13 = s00;
-                for (int64_t k = 0; k < width; k += LANES) {
-                    vf u = load(x0 + k), v = load(x1 + k);
-                    IN_REGISTER(u);
-                    IN_REGISTER(v);
-                    vf w = load(a0 + k);
-                    IN_REGISTER(w);
-                    s00 += u * w;
-                    s10 += v * w;
-                    w = load(a1 + k);
-                    IN_REGISTER(w);
-                    s01 += u * w;
-                    s11 += v * w;
-                    w = load(a2 + k);
-                    IN_REGISTER(w);
-                    s02 += u * w;
-                    s12 += v * w;
-                    w = load(a3 + k);
-                    IN_REGISTER(w);
-                    s03 += u * w;
-                    s13 += v * w;
-                }
-                p0[j] += s00;
-                p0[j + 1] += s01;
-                p0[j + 2] += s02;
-                p0[j + 3] += s03;
-                if (p1) {
-                    p1[j] += s10;
-                    p1[j + 1] += s11;
-                    p1[j + 2] += s12;
-                    p1[j + 3] += s13;
-                }
-            }
-            for (; j < r; j++) {
-                const float *aj = tile + j * width;
-                vf s0 = splat(0.0f), s1 = s0;
-                for (int64_t k = 0; k < width; k += LANES) {
-                    const vf w = load(aj + k);
-                    s0 += load(x0 + k) * w;
-                    s1 += load(x1 + k) * w;
-                }
-                p0[j] += s0;
-                if (p1) p1[j] += s1;
-            }
+        int64_t t = 0;
+        for (; t + TOKEN_BLOCK <= count; t += TOKEN_BLOCK) {
+            const float *xs[TOKEN_BLOCK];
+            for (int64_t u = 0; u < TOKEN_BLOCK; u++) xs[u] = x + (t + u) * n + k0;
+            project_six(xs, tile, width, r, partial + t * r);
         }
+        for (; t < count; t++) project_one(x + t * n + k0, tile, width, r, partial + t * r);
     }
     for (int64_t t = 0; t < count; t++) {
         for (int64_t j = 0; j < r; j++) {
@@ -195,29 +203,111 @@ static inline void set_best(best_so_far *best, float score, int64_t i) {
     best->arg = i;
 }
 
+static inline vf vector_sqrt(vf v) {
+#if defined(__AVX512F__) && LANES == 16
+    return (vf)_mm512_sqrt_ps((__m512)v);
+#elif defined(__AVX__) && LANES == 8
+    return (vf)_mm256_sqrt_ps((__m256)v);
+#else
+    for (int i = 0; i < LANES; i++) v[i] = sqrtf(v[i]);
+    return v;
+#endif
+}
+
 /*
  * Fold the LANES scores of block b for one token into its running best. A lane can win only if
  * sqrt(q) - c > top, that is sqrt(q) > c + top. The caller passes c_low = c - MARGIN |c|, so
  * lo = c_low + best->low lies a little below c + top: lanes with lo <= 0 or q >= lo^2 are
- * checked exactly, and the others cannot win. Most blocks are skipped without a square root.
+ * checked exactly, and the others cannot win. Most blocks are skipped without a square root;
+ * the rest take one vector square root, without a branch per lane.
  */
 static inline void consider(vf q, int64_t b, const float *c, const float *c_low, int64_t adapters,
                             best_so_far *best) {
     const vf lo = load(c_low + b * LANES) + splat(best->low);
     const vi maybe = (lo <= splat(0.0f)) | (q >= lo * lo);
     if (!any_lane(maybe)) return;
-    for (int lane = 0; lane < LANES; lane++) {
-        const int64_t i = b * LANES + lane;
-        if (i >= adapters) break;
-        const float s = sqrtf(q[lane] > 0.0f ? q[lane] : 0.0f) - c[i];
-        if (s > best->top) set_best(best, s, i);
+    const vf clamped = (vf)((vi)q & (q > splat(0.0f))); /* q < 0 from rounding, or NaN, counts as 0 */
+    vf s = vector_sqrt(clamped) - load(c + b * LANES);
+    for (int lane = 0; lane < LANES && (b + 1) * LANES > adapters; lane++)
+        if (b * LANES + lane >= adapters) s[lane] = -INFINITY; /* padding */
+    float top = s[0];
+    for (int lane = 1; lane < LANES; lane++) top = s[lane] > top ? s[lane] : top;
+    if (!(top > best->top)) return;
+    int lane = 0;
+    while (s[lane] != top) lane++; /* the first of equal scores wins */
+    set_best(best, top, b * LANES + lane);
+}
+
+/* One pair product of one token against a column of both blocks: two of the twelve accumulators. */
+#define GRAM_STEP(pu, q, e)            \
+    do {                               \
+        const vf w = splat((pu)[k]);   \
+        q += w * gv;                   \
+        e += w * hv;                   \
+    } while (0)
+
+/* Fold the Gram forms of six tokens, pair products p (6 P), into found[0..5]: two blocks at a time. */
+static void score_six(const float *p, int64_t pairs, const float *gram, int64_t blocks, const float *c,
+                      const float *c_low, int64_t adapters, best_so_far *found) {
+    const float *p0 = p, *p1 = p + pairs, *p2 = p + 2 * pairs, *p3 = p + 3 * pairs;
+    const float *p4 = p + 4 * pairs, *p5 = p + 5 * pairs;
+    for (int64_t b = 0; b < blocks; b += 2) {
+        /* six tokens times two blocks of adapters: twelve independent accumulators */
+        const float *g = gram + b * pairs * LANES, *h = g + pairs * LANES;
+        vf q0 = splat(0.0f), q1 = q0, q2 = q0, q3 = q0, q4 = q0, q5 = q0;
+        vf e0 = q0, e1 = q0, e2 = q0, e3 = q0, e4 = q0, e5 = q0;
+        for (int64_t k = 0; k < pairs; k++) {
+            vf gv = load(g + k * LANES), hv = load(h + k * LANES);
+            IN_REGISTER(gv);
+            IN_REGISTER(hv);
+            GRAM_STEP(p0, q0, e0);
+            GRAM_STEP(p1, q1, e1);
+            GRAM_STEP(p2, q2, e2);
+            GRAM_STEP(p3, q3, e3);
+            GRAM_STEP(p4, q4, e4);
+            GRAM_STEP(p5, q5, e5);
+        }
+        const vf first[TOKEN_BLOCK] = {q0, q1, q2, q3, q4, q5}, second[TOKEN_BLOCK] = {e0, e1, e2, e3, e4, e5};
+        for (int64_t u = 0; u < TOKEN_BLOCK; u++) {
+            consider(first[u], b, c, c_low, adapters, &found[u]);
+            consider(second[u], b + 1, c, c_low, adapters, &found[u]);
+        }
+    }
+}
+
+/* The same for one token: eight blocks at a time, then the last pairs of blocks. */
+static void score_one(const float *p, int64_t pairs, const float *gram, int64_t blocks, const float *c,
+                      const float *c_low, int64_t adapters, best_so_far *found) {
+    int64_t b = 0;
+    for (; b + 8 <= blocks; b += 8) {
+        const float *g = gram + b * pairs * LANES;
+        vf q[8];
+        for (int64_t i = 0; i < 8; i++) q[i] = splat(0.0f);
+        for (int64_t k = 0; k < pairs; k++) {
+            vf w = splat(p[k]);
+            IN_REGISTER(w);
+            for (int64_t i = 0; i < 8; i++) q[i] += w * load(g + (i * pairs + k) * LANES);
+        }
+        for (int64_t i = 0; i < 8; i++) consider(q[i], b + i, c, c_low, adapters, found);
+    }
+    for (; b < blocks; b += 2) {
+        const float *g = gram + b * pairs * LANES, *h = g + pairs * LANES;
+        vf q = splat(0.0f), e = q;
+        for (int64_t k = 0; k < pairs; k++) {
+            const vf w = splat(p[k]);
+            q += w * load(g + k * LANES);
+            e += w * load(h + k * LANES);
+        }
+        consider(q, b, c, c_low, adapters, found);
+        consider(e, b + 1, c, c_low, adapters, found);
     }
 }
 
 /*
- * x (T, n), a (r, n) and the same packed by tiles (see project()), gram (blocks, P, LANES) with blocks = ceil(N / LANES) rounded up to an even
- * number and padded lanes zero, c and c_low = c - MARGIN |c| (blocks * LANES,) with padded lanes zero. Writes
- * z (T, r), index (T,) and best (T,). Returns 0, 1 when r is too large, 2 when out of memory.
+ * x (T, n), a (r, n) and the same packed by tiles (see project()), gram (blocks, P, LANES) with
+ * blocks = ceil(N / LANES) rounded up to an even number and padded lanes zero, c and
+ * c_low = c - MARGIN |c| (blocks * LANES,) with padded lanes zero. Writes index (T,), and z (T, r)
+ * and best (T,) unless they are NULL. Returns 0, 1 when r is too large, 2 when out of memory.
  */
 int seqr_select(const float *x, int64_t tokens, int64_t n, const float *a, const float *packed, int64_t r,
                 const float *gram,
@@ -238,55 +328,35 @@ int seqr_select(const float *x, int64_t tokens, int64_t n, const float *a, const
         const int64_t count = tokens - c0 < chunk ? tokens - c0 : chunk;
         vf *partial = aligned_alloc(sizeof(vf), (size_t)(count * r) * sizeof(vf)); /* vf needs 32-byte alignment */
         float *p = malloc((size_t)(TOKEN_BLOCK * pairs) * sizeof(float));
-        if (!partial || !p) {
+        float *scratch = z ? NULL : malloc((size_t)(count * r) * sizeof(float));
+        if (!partial || !p || (!z && !scratch)) {
             free(partial);
             free(p);
+            free(scratch);
             failed |= 1;
             continue;
         }
-        project(x + c0 * n, count, n, a, packed, r, z + c0 * r, partial);
+        float *zc = z ? z + c0 * r : scratch;
+        project(x + c0 * n, count, n, a, packed, r, zc, partial);
         for (int64_t t0 = 0; t0 < count; t0 += TOKEN_BLOCK) {
             const int64_t live = count - t0 < TOKEN_BLOCK ? count - t0 : TOKEN_BLOCK;
             best_so_far found[TOKEN_BLOCK];
-            for (int64_t u = 0; u < TOKEN_BLOCK; u++) {
+            for (int64_t u = 0; u < live; u++) {
                 found[u] = (best_so_far){-INFINITY, -INFINITY, 0};
-                if (u < live)
-                    pair_products(z + (c0 + t0 + u) * r, r, p + u * pairs);
-                else
-                    memset(p + u * pairs, 0, (size_t)pairs * sizeof(float));
+                pair_products(zc + (t0 + u) * r, r, p + u * pairs);
             }
-            const float *p0 = p, *p1 = p + pairs, *p2 = p + 2 * pairs, *p3 = p + 3 * pairs;
-            for (int64_t b = 0; b < blocks; b += 2) {
-                /* four tokens times two blocks of adapters: eight independent accumulators */
-                const float *g = gram + b * pairs * LANES, *h = g + pairs * LANES;
-                vf q0 = splat(0.0f), q1 = q0, q2 = q0, q3 = q0, e0 = q0, e1 = q0, e2 = q0, e3 = q0;
-                for (int64_t k = 0; k < pairs; k++) {
-                    vf gv = load(g + k * LANES), hv = load(h + k * LANES);
-                    IN_REGISTER(gv);
-                    IN_REGISTER(hv);
-                    const vf w0 = splat(p0[k]), w1 = splat(p1[k]), w2 = splat(p2[k]), w3 = splat(p3[k]);
-                    q0 += w0 * gv;
-                    e0 += w0 * hv;
-                    q1 += w1 * gv;
-                    e1 += w1 * hv;
-                    q2 += w2 * gv;
-                    e2 += w2 * hv;
-                    q3 += w3 * gv;
-                    e3 += w3 * hv;
-                }
-                const vf first[TOKEN_BLOCK] = {q0, q1, q2, q3}, second[TOKEN_BLOCK] = {e0, e1, e2, e3};
-                for (int64_t u = 0; u < live; u++) {
-                    consider(first[u], b, c, c_low, adapters, &found[u]);
-                    consider(second[u], b + 1, c, c_low, adapters, &found[u]);
-                }
-            }
+            if (live == TOKEN_BLOCK)
+                score_six(p, pairs, gram, blocks, c, c_low, adapters, found);
+            else
+                for (int64_t u = 0; u < live; u++) score_one(p + u * pairs, pairs, gram, blocks, c, c_low, adapters, &found[u]);
             for (int64_t u = 0; u < live; u++) {
                 index[c0 + t0 + u] = found[u].arg;
-                best[c0 + t0 + u] = found[u].top;
+                if (best) best[c0 + t0 + u] = found[u].top;
             }
         }
         free(partial);
         free(p);
+        free(scratch);
     }
     return failed ? 2 : 0;
 }
