@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -127,6 +127,19 @@ class NativeKernels:
                 )
         self._run_update(out, z, index, r, q_t, scale)
 
+    def select_index(self, rows: torch.Tensor, tables: SelectTables) -> torch.Tensor:
+        """Return only the arg max candidate (T,) long of float32 rows (T, n); :meth:`select` without z and scores.
+
+        This is ``select`` on the path that routers call per batch, so it allocates one tensor.
+        """
+        _check_cpu_float32("rows", rows)
+        if rows.ndim != 2 or rows.shape[1] != tables.n:
+            raise InvalidInputError(
+                f"rows have shape {tuple(rows.shape)} but the shared A expects (tokens, n={tables.n}); "
+                "reshape them to two dimensions with n features"
+            )
+        return self._run_select(rows, tables, outputs=False)[1]
+
     def route_into(self, rows: torch.Tensor, tables: SelectTables, out: torch.Tensor, scale: float) -> None:
         """Choose each row's adapter and add ``scale`` times its update to ``out`` (T, m) in place.
 
@@ -143,25 +156,28 @@ class NativeKernels:
                 f"(n={tables.a.shape[1]}, m={tables.q_t.shape[2]})"
             )
         z, index, _ = self._run_select(rows, tables)
+        assert z is not None
         self._run_update(out, z, index, tables.r, tables.q_t, scale)
 
-    def _run_select(self, rows: torch.Tensor, tables: SelectTables) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _run_select(
+        self, rows: torch.Tensor, tables: SelectTables, outputs: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """Run seqr_select; without ``outputs`` the kernel keeps z and the best scores to itself."""
         if tables.lanes != self.lanes:
             raise InvalidInputError(
                 f"the tables were laid out for {tables.lanes} lanes but the kernels use {self.lanes}; "
                 "build them with SelectTables.build(..., lanes=kernels.lanes)"
             )
-        tokens, n = rows.shape
-        rank = int(tables.a.shape[0])
-        z = torch.empty(tokens, rank, dtype=torch.float32)
+        tokens = rows.shape[0]
+        rank = tables.rank
         index = torch.empty(tokens, dtype=torch.int64)
-        best = torch.empty(tokens, dtype=torch.float32)
+        z = torch.empty(tokens, rank, dtype=torch.float32) if outputs else None
+        best = torch.empty(tokens, dtype=torch.float32) if outputs else None
         if tokens:
             code = self._select(
-                rows.data_ptr(), tokens, n, tables.a.data_ptr(), tables.a_packed.data_ptr(), rank,
-                tables.blocks.data_ptr(), tables.offset.data_ptr(), tables.offset_low.data_ptr(), tables.num_adapters,
-                z.data_ptr(), index.data_ptr(), best.data_ptr(),
-                _threads(tokens, rank * n + tables.num_adapters * rank * (rank + 1) // 2),
+                rows.data_ptr(), tokens, *tables.pointers,
+                None if z is None else z.data_ptr(), index.data_ptr(), None if best is None else best.data_ptr(),
+                _threads(tokens, tables.work_per_token),
             )  # fmt: skip
             if code == 2:
                 raise MemoryError(
@@ -214,6 +230,11 @@ class SelectTables:
     lanes: int
     r: torch.Tensor | None = None
     q_t: torch.Tensor | None = None
+    # Set by __post_init__: r, n, the multiply-adds per token, and seqr_select's arguments from n to N.
+    rank: int = field(init=False, repr=False, compare=False)
+    n: int = field(init=False, repr=False, compare=False)
+    work_per_token: int = field(init=False, repr=False, compare=False)
+    pointers: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The kernels trust these shapes, so tables that break them would make C read out of bounds.
@@ -244,6 +265,16 @@ class SelectTables:
                 f"the tables do not fit A (r={rank}, n={n}) and N={self.num_adapters}: {'; '.join(problems)}; "
                 "build them with SelectTables.build from matching A, Gram table, R and Q"
             )
+        # Fixed per table and read on every call, where each tensor attribute costs a microsecond.
+        object.__setattr__(self, "rank", rank)
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "work_per_token", rank * n + self.num_adapters * pairs)
+        object.__setattr__(
+            self,
+            "pointers",
+            (n, self.a.data_ptr(), self.a_packed.data_ptr(), rank, self.blocks.data_ptr(), self.offset.data_ptr(),
+             self.offset_low.data_ptr(), self.num_adapters),
+        )  # fmt: skip
 
     @classmethod
     def build(

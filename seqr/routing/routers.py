@@ -67,6 +67,7 @@ class SeqrRouter(Router):
         self._gram_t = (gram[:, rows, cols] * doubling).T.contiguous()  # (P, N)
         self._pair_rows, self._pair_cols = rows, cols
         self._native_tables: native.SelectTables | None = None
+        self._native_fits = factors.device.type == "cpu" and factors.rank <= native.MAX_RANK and config.top_k == 1
 
     def token_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         if z is None:
@@ -76,12 +77,18 @@ class SeqrRouter(Router):
     def ranking_scores(self, rows: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         return self._calibrate(self._squared_norms(z).clamp_min_(0.0).sqrt_())
 
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        kernels = self._kernels()
+        if kernels is None:
+            return super().select(x)
+        # The kernels compute in float32 whatever autocast says, so no float32_math context is needed.
+        tables = self._tables()
+        plain = x.ndim == 2 and x.shape[1] == tables.n and x.dtype == torch.float32 and x.device.type == "cpu"
+        index = kernels.select_index(x.contiguous() if plain else self._rows(x).contiguous(), tables)
+        return index if x.ndim == 2 else index.reshape(x.shape[:-1])
+
     def _select(self, x: torch.Tensor) -> torch.Tensor:
         rows = self._rows(x)
-        kernels = self._kernels()
-        if kernels is not None:
-            _, index, _ = kernels.select(rows.contiguous(), self._tables())
-            return index.reshape(x.shape[:-1])
         squared = self._squared_norms(self.project(rows))  # (T, N)
         if self.factors.mu is None:
             # The square root is monotonic, so raw norms rank like their squares.
@@ -96,9 +103,7 @@ class SeqrRouter(Router):
         return True
 
     def _kernels(self) -> native.NativeKernels | None:
-        if self.factors.device.type != "cpu" or self.factors.rank > native.MAX_RANK or self.config.top_k != 1:
-            return None
-        return native.kernels()
+        return native.kernels() if self._native_fits else None
 
     def _tables(self) -> native.SelectTables:
         if self._native_tables is None:
