@@ -151,10 +151,10 @@ static inline void project_one(const float *x, const float *tile, int64_t width,
  * `packed` stores A's first n - n % LANES columns tile by tile: the tile of columns [k0, k0 + w)
  * starts at packed + k0 r with its r rows of w floats one after another. Rows of A itself
  * lie n floats apart, which for n a power of two maps them all to the same L1 cache sets.
- * Groups of six tokens take twelve independent accumulators: an FMA's result is ready four or
- * five cycles after it starts and two can start per cycle, so eight chains leave the FMA
- * units idle a fifth of the time where the latency is five (AMD Zen 2). Fewer than six tokens,
- * as in a decoding step, go one by one. `partial` is scratch space for count * r vectors.
+ * Groups of six tokens take twelve independent accumulators. An FMA's result is ready four or
+ * five cycles after it starts and two can start per cycle. So where the latency is five (AMD
+ * Zen 2), eight chains leave the FMA units idle a fifth of the time. Fewer than six tokens, as
+ * in a decoding step, go one by one. `partial` is scratch space for count * r vectors.
  */
 static void project(const float *x, int64_t count, int64_t n, const float *a, const float *packed, int64_t r,
                     float *z, vf *partial) {

@@ -128,9 +128,9 @@ class NativeKernels:
         self._run_update(out, z, index, r, q_t, scale)
 
     def select_index(self, rows: torch.Tensor, tables: SelectTables) -> torch.Tensor:
-        """Return only the arg max candidate (T,) long of float32 rows (T, n); :meth:`select` without z and scores.
+        """Return the arg max candidate (T,) long of float32 rows (T, n), as :meth:`select` does, without z or scores.
 
-        This is ``select`` on the path that routers call per batch, so it allocates one tensor.
+        Routers call this once per batch, so it allocates only the index tensor.
         """
         _check_cpu_float32("rows", rows)
         if rows.ndim != 2 or rows.shape[1] != tables.n:

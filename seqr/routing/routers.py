@@ -81,7 +81,7 @@ class SeqrRouter(Router):
         kernels = self._kernels()
         if kernels is None:
             return super().select(x)
-        # The kernels compute in float32 whatever autocast says, so no float32_math context is needed.
+        # The kernels compute in float32 under any autocast setting, so no float32_math context is needed.
         tables = self._tables()
         plain = x.ndim == 2 and x.shape[1] == tables.n and x.dtype == torch.float32 and x.device.type == "cpu"
         index = kernels.select_index(x.contiguous() if plain else self._rows(x).contiguous(), tables)
