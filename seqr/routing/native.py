@@ -41,6 +41,7 @@ FLAGS_VARIABLE = "SEQR_KERNEL_CFLAGS"  # extra compiler flags, for example -DLAN
 KERNEL_DIR_VARIABLE = "SEQR_KERNEL_DIR"
 MARGIN = 2e-5  # kernels.c's relative margin for rounding in its test on squares
 PROJECT_TILE = 512  # columns of A per tile in kernels.c's projection
+TOKEN_BLOCK = 6  # tokens that kernels.c projects and scores together
 WORK_PER_THREAD = 1 << 18  # multiply-adds (about 20 us on one core) that justify one more thread
 MAX_RANK = 64  # kernels.c keeps at most r (r + 1) / 2 = 2080 pair products per token
 _FLAG_SETS = (
@@ -162,7 +163,7 @@ class NativeKernels:
     def _run_select(
         self, rows: torch.Tensor, tables: SelectTables, outputs: bool = True
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-        """Run seqr_select; without ``outputs`` the kernel keeps z and the best scores to itself."""
+        """Run seqr_select. Without ``outputs`` the kernel keeps z and the best scores to itself."""
         if tables.lanes != self.lanes:
             raise InvalidInputError(
                 f"the tables were laid out for {tables.lanes} lanes but the kernels use {self.lanes}; "
@@ -175,7 +176,7 @@ class NativeKernels:
         best = torch.empty(tokens, dtype=torch.float32) if outputs else None
         if tokens:
             code = self._select(
-                rows.data_ptr(), tokens, *tables.pointers,
+                rows.data_ptr(), tokens, *tables.arguments(),
                 None if z is None else z.data_ptr(), index.data_ptr(), None if best is None else best.data_ptr(),
                 _threads(tokens, tables.work_per_token),
             )  # fmt: skip
@@ -230,11 +231,10 @@ class SelectTables:
     lanes: int
     r: torch.Tensor | None = None
     q_t: torch.Tensor | None = None
-    # Set by __post_init__: r, n, the multiply-adds per token, and seqr_select's arguments from n to N.
+    # Set by __post_init__: r, n and the multiply-adds per token.
     rank: int = field(init=False, repr=False, compare=False)
     n: int = field(init=False, repr=False, compare=False)
     work_per_token: int = field(init=False, repr=False, compare=False)
-    pointers: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The kernels trust these shapes, so tables that break them would make C read out of bounds.
@@ -269,11 +269,16 @@ class SelectTables:
         object.__setattr__(self, "rank", rank)
         object.__setattr__(self, "n", n)
         object.__setattr__(self, "work_per_token", rank * n + self.num_adapters * pairs)
-        object.__setattr__(
-            self,
-            "pointers",
-            (n, self.a.data_ptr(), self.a_packed.data_ptr(), rank, self.blocks.data_ptr(), self.offset.data_ptr(),
-             self.offset_low.data_ptr(), self.num_adapters),
+
+    def arguments(self) -> tuple[int, ...]:
+        """Return seqr_select's arguments from n to N, with the tensors' current addresses.
+
+        The addresses are read on every call and never stored, because a copied, unpickled or
+        moved table has new storage.
+        """
+        return (
+            self.n, self.a.data_ptr(), self.a_packed.data_ptr(), self.rank, self.blocks.data_ptr(),
+            self.offset.data_ptr(), self.offset_low.data_ptr(), self.num_adapters,
         )  # fmt: skip
 
     @classmethod
@@ -318,13 +323,13 @@ class SelectTables:
 
 
 def _threads(tokens: int, work_per_token: int) -> int:
-    """Return the OpenMP threads for a call: one per block of 4 tokens and per WORK_PER_THREAD multiply-adds at most.
+    """Return the OpenMP threads for a call: one per TOKEN_BLOCK tokens and per WORK_PER_THREAD multiply-adds at most.
 
     Waking a second thread costs tens of microseconds, more than a decoding step's few tokens
     take on one.
     """
     by_work = max(1, tokens * work_per_token // WORK_PER_THREAD)
-    return max(1, min(torch.get_num_threads(), -(-tokens // 4), by_work))
+    return max(1, min(torch.get_num_threads(), -(-tokens // TOKEN_BLOCK), by_work))
 
 
 def _check_cpu_float32(name: str, tensor: torch.Tensor) -> None:

@@ -6,7 +6,9 @@ instead of a skip, so CI cannot pass without testing the kernels.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import gc
 import math
 import os
 from pathlib import Path
@@ -90,6 +92,34 @@ def test_native_select_reshapes_and_converts_x(kernels) -> None:
     assert torch.equal(router.select(low), kernels.select(low.float(), router._tables())[1])
     with pytest.raises(ValueError, match="x has 63 features"):
         router.select(x[:, :63])
+
+
+def test_native_select_after_deepcopy(kernels) -> None:
+    """A copied router's tables have their own storage, and the kernel must read that storage."""
+    a, b, x, mu, sigma = _library(300, 8, 64, 16, 13)
+    router = make_router("seqr", a, b, mu=mu, sigma=sigma)
+    expected = router.select(x)
+    copied = copy.deepcopy(router)
+    del router
+    gc.collect()
+    assert torch.equal(copied.select(x), expected)
+    copied._tables().blocks.zero_()  # every Gram form of the copy is now 0
+    assert not torch.equal(copied.select(x), expected)
+
+
+@pytest.mark.parametrize("calibrated", [False, True], ids=["raw", "calibrated"])
+def test_native_select_nan_rows_like_torch(kernels, calibrated) -> None:
+    """A NaN or infinite x makes every score NaN, and the first adapter wins, as torch.argmax picks it."""
+    a, b, x, mu, sigma = _library(40, 4, 32, 8, 7)
+    stats = {"mu": mu, "sigma": sigma} if calibrated else {}
+    x[2, 5] = float("nan")
+    x[4, 0] = float("inf")
+    router = make_router("seqr", a, b, **stats)
+    reference = make_router("naive", a, b, **stats).scores(x).argmax(dim=1)
+    chosen = router.select(x)
+    assert chosen[2] == 0
+    assert chosen[4] == 0
+    assert torch.equal(chosen, reference)
 
 
 def test_native_select_breaks_ties_towards_the_first_adapter(kernels) -> None:
