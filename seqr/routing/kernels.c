@@ -38,7 +38,7 @@
 #error "LANES must be 8 or 16"
 #endif
 #define TOKEN_BLOCK 6      /* tokens projected together, and scored together against each pair of adapter blocks */
-#define TOKEN_CHUNK 64     /* tokens a thread projects and scores as one unit of work */
+#define TOKEN_CHUNK 66     /* tokens a thread projects and scores as one unit of work, a multiple of TOKEN_BLOCK */
 #define PROJECT_TILE 512   /* columns of A per tile: 8 rows of 512 floats are 16 KiB, half of a 32 KiB L1; native.py packs A alike */
 #define MAX_PAIRS 2080     /* r (r + 1) / 2 for r = 64 */
 
@@ -218,15 +218,18 @@ static inline vf vector_sqrt(vf v) {
  * Fold the LANES scores of block b for one token into its running best. A lane can win only if
  * sqrt(q) - c > top, that is sqrt(q) > c + top. The caller passes c_low = c - MARGIN |c|, so
  * lo = c_low + best->low lies a little below c + top: lanes with lo <= 0 or q >= lo^2 are
- * checked exactly, and the others cannot win. Most blocks are skipped without a square root;
- * the rest take one vector square root, without a branch per lane.
+ * checked exactly, and the others cannot win. Most blocks are skipped without a square root,
+ * and the rest take one vector square root, without a branch per lane.
  */
 static inline void consider(vf q, int64_t b, const float *c, const float *c_low, int64_t adapters,
                             best_so_far *best) {
     const vf lo = load(c_low + b * LANES) + splat(best->low);
-    const vi maybe = (lo <= splat(0.0f)) | (q >= lo * lo);
+    const vi maybe = (lo <= splat(0.0f)) | (q >= lo * lo) | (q != q);
     if (!any_lane(maybe)) return;
-    const vf clamped = (vf)((vi)q & (q > splat(0.0f))); /* q < 0 from rounding, or NaN, counts as 0 */
+    /* q < 0 from rounding counts as 0. NaN (from NaN or infinite x) counts as +inf, so the first
+       NaN wins, as with torch.argmax on the torch path's scores. */
+    const vi nan = q != q;
+    const vf clamped = (vf)(((vi)q & (q > splat(0.0f)) & ~nan) | ((vi)splat(INFINITY) & nan));
     vf s = vector_sqrt(clamped) - load(c + b * LANES);
     for (int lane = 0; lane < LANES && (b + 1) * LANES > adapters; lane++)
         if (b * LANES + lane >= adapters) s[lane] = -INFINITY; /* padding */
@@ -315,10 +318,13 @@ int seqr_select(const float *x, int64_t tokens, int64_t n, const float *a, const
                 int threads) {
     const int64_t pairs = r * (r + 1) / 2;
     if (pairs > MAX_PAIRS) return 1;
+    if (tokens <= 0) return 0;
+    if (threads < 1) threads = 1;
     const int64_t blocks = 2 * ((adapters + 2 * LANES - 1) / (2 * LANES));
+    /* Each thread gets an equal share, and a share above one block is rounded up to whole blocks. */
     int64_t chunk = (tokens + threads - 1) / threads;
     chunk = chunk > TOKEN_CHUNK ? TOKEN_CHUNK : chunk;
-    chunk = (chunk + TOKEN_BLOCK - 1) / TOKEN_BLOCK * TOKEN_BLOCK;
+    if (chunk > TOKEN_BLOCK) chunk = (chunk + TOKEN_BLOCK - 1) / TOKEN_BLOCK * TOKEN_BLOCK;
     const int64_t chunks = (tokens + chunk - 1) / chunk;
     int failed = 0;
 
