@@ -91,13 +91,10 @@ class NativeKernels:
 
     def select(self, rows: torch.Tensor, tables: SelectTables) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return z = A x (T, r), the arg max candidate (T,) long and its score (T,) for float32 rows (T, n)."""
-        _check_cpu_float32("rows", rows)
-        if rows.ndim != 2 or rows.shape[1] != tables.a.shape[1]:
-            raise InvalidInputError(
-                f"rows have shape {tuple(rows.shape)} but the shared A expects (tokens, n={tables.a.shape[1]}); "
-                "reshape them to two dimensions with n features"
-            )
-        return self._run_select(rows, tables)
+        _check_rows(rows, tables)
+        z, index, best = self._run_select(rows, tables)
+        assert z is not None and best is not None
+        return z, index, best
 
     def add_update(
         self, out: torch.Tensor, z: torch.Tensor, index: torch.Tensor, r: torch.Tensor, q_t: torch.Tensor, scale: float
@@ -133,12 +130,7 @@ class NativeKernels:
 
         Routers call this once per batch, so it allocates only the index tensor.
         """
-        _check_cpu_float32("rows", rows)
-        if rows.ndim != 2 or rows.shape[1] != tables.n:
-            raise InvalidInputError(
-                f"rows have shape {tuple(rows.shape)} but the shared A expects (tokens, n={tables.n}); "
-                "reshape them to two dimensions with n features"
-            )
+        _check_rows(rows, tables)
         return self._run_select(rows, tables, outputs=False)[1]
 
     def route_into(self, rows: torch.Tensor, tables: SelectTables, out: torch.Tensor, scale: float) -> None:
@@ -330,6 +322,15 @@ def _threads(tokens: int, work_per_token: int) -> int:
     """
     by_work = max(1, tokens * work_per_token // WORK_PER_THREAD)
     return max(1, min(torch.get_num_threads(), -(-tokens // TOKEN_BLOCK), by_work))
+
+
+def _check_rows(rows: torch.Tensor, tables: SelectTables) -> None:
+    _check_cpu_float32("rows", rows)
+    if rows.ndim != 2 or rows.shape[1] != tables.n:
+        raise InvalidInputError(
+            f"rows have shape {tuple(rows.shape)} but the shared A expects (tokens, n={tables.n}); "
+            "reshape them to two dimensions with n features"
+        )
 
 
 def _check_cpu_float32(name: str, tensor: torch.Tensor) -> None:
