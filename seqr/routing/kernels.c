@@ -102,7 +102,7 @@ static inline int any_lane(vi m) {
         s1 += u * w1;              \
     } while (0)
 
-/* Add one tile of A x for six tokens, xs[u] pointing at their tile, to partial (6 r vectors). */
+/* Add one tile of A x for six tokens to partial (6 r vectors). xs[u] points at token u's part of the tile. */
 static inline void project_six(const float *const xs[TOKEN_BLOCK], const float *tile, int64_t width, int64_t r,
                                vf *partial) {
     const float *x0 = xs[0], *x1 = xs[1], *x2 = xs[2], *x3 = xs[3], *x4 = xs[4], *x5 = xs[5];
@@ -249,7 +249,7 @@ static inline void consider(vf q, int64_t b, const float *c, const float *c_low,
         e += w * hv;                   \
     } while (0)
 
-/* Fold the Gram forms of six tokens, pair products p (6 P), into found[0..5]: two blocks at a time. */
+/* Fold the Gram forms of six tokens into found[0..5], two blocks at a time. p holds their 6 P pair products. */
 static void score_six(const float *p, int64_t pairs, const float *gram, int64_t blocks, const float *c,
                       const float *c_low, int64_t adapters, best_so_far *found) {
     const float *p0 = p, *p1 = p + pairs, *p2 = p + 2 * pairs, *p3 = p + 3 * pairs;
